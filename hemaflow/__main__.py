@@ -1,0 +1,3 @@
+from hemaflow.core.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,217 @@
+"""Components and the context the runner hands them.
+
+A component is a class registered under a ``name`` for one ``kind`` (see
+:mod:`hemaflow.core.hookspecs`). It follows the scikit-learn contract: ``__init__`` only stores
+the validated parameters (defaults already filled in from ``schema``), ``get_params()`` returns
+them, and all work happens in ``run``::
+
+    class Grey(Component):
+        kind = "normalizer"
+        name = "grey"
+        version = "1"
+        schema = {"type": "object", "properties": {"gamma": {"type": "number", "default": 1.0}},
+                  "additionalProperties": False}
+        inputs = {"images": "ImageSet"}
+        outputs = {"images": "ImageSet"}
+
+        def run(self, ctx, images):
+            ...
+            return {"images": new_image_set}
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterable, Iterator, TypeVar
+
+import numpy as np
+
+from hemaflow.core.report_items import ReportItems
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+KINDS = (
+    "dataset",
+    "splitter",
+    "normalizer",
+    "segmenter",
+    "postprocessor",
+    "cells",
+    "features",
+    "classifier",
+    "mil",
+    "evaluator",
+    "reporter",
+    "executor",
+    "tracker",
+)
+
+
+class Component:
+    """Base of every registered component.
+
+    Class attributes:
+        kind: one of :data:`KINDS`.
+        name: the name recipes use in ``uses:``.
+        version: bump when results change; part of the cache key.
+        schema: JSON Schema (2020-12) of the ``with:`` parameters; ``default`` values are filled
+            in before ``__init__``. Use ``"additionalProperties": False`` so typos are caught.
+        inputs: input name -> artifact type name. A trailing ``?`` marks an optional input.
+        outputs: output name -> artifact type name. The first output is the step's default.
+    """
+
+    kind: ClassVar[str] = ""
+    name: ClassVar[str] = ""
+    version: ClassVar[str] = "1"
+    schema: ClassVar[dict[str, Any]] = {
+        "type": "object",
+        "properties": {},
+        "additionalProperties": False,
+    }
+    inputs: ClassVar[dict[str, str]] = {}
+    outputs: ClassVar[dict[str, str]] = {}
+
+    def __init__(self, **params: Any) -> None:
+        self.params = params
+
+    def get_params(self) -> dict[str, Any]:
+        """Return the parameters this component was built with (recorded in provenance)."""
+        return copy.deepcopy(self.params)
+
+    def fingerprint(self) -> str | None:
+        """Return a hash of external data this component reads (data sets), else None.
+
+        The hash is part of the cache key, so a changed file on disk invalidates the step.
+        """
+        return None
+
+    def run(self, ctx: "RunContext", **inputs: Any) -> dict[str, Any]:
+        """Do the work. Return a dict output name -> Artifact (keys as in ``outputs``)."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{type(self).__name__}({args})"
+
+
+class Executor(Component):
+    """Runs ``fn`` over items, in order. The base implementation is serial."""
+
+    kind = "executor"
+
+    def map(self, fn: Callable[[T], R], items: Iterable[T], *, progress: Callable | None = None) -> list[R]:
+        out = []
+        for item in items:
+            out.append(fn(item))
+            if progress is not None:
+                progress(1)
+        return out
+
+
+class RunContext:
+    """What a step's ``run`` gets besides its inputs.
+
+    Attributes:
+        step_id: the step's id in the recipe.
+        seed: the recipe's global seed (int).
+        device: ``"cpu"`` or ``"cuda"`` (``auto`` already resolved).
+        workdir: an empty directory that becomes the step's cache entry; write output
+            artifacts below it (use :meth:`out_dir`).
+        report: :class:`ReportItems` for figures/tables shown in ``report.html``.
+        recipe: the resolved recipe (read-only dict).
+    """
+
+    def __init__(
+        self,
+        *,
+        step_id: str,
+        workdir: Path,
+        seed: int = 0,
+        device: str = "cpu",
+        executor: Executor | None = None,
+        progress_factory: Callable[..., Any] | None = None,
+        recipe: dict[str, Any] | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.step_id = step_id
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.seed = int(seed)
+        self.device = device
+        self.executor = executor or Executor()
+        self.recipe = recipe or {}
+        self.report = ReportItems(self.workdir / "_report")
+        self.warnings: list[str] = []
+        self._progress_factory = progress_factory
+        self._log = log
+
+    # -- files -----------------------------------------------------------------------------
+    def out_dir(self, name: str) -> Path:
+        """Return (and create) the directory for output artifact ``name``."""
+        path = self.workdir / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def scratch_dir(self) -> Path:
+        """Return a scratch directory inside the step's work area (discarded with it)."""
+        path = self.workdir / "_scratch"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # -- randomness --------------------------------------------------------------------------
+    def rng(self, *salt: int | str) -> np.random.Generator:
+        """Return a numpy Generator seeded from the global seed, the step id and ``salt``."""
+        import hashlib
+
+        text = "|".join([str(self.seed), self.step_id, *map(str, salt)])
+        digest = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+        return np.random.default_rng(digest)
+
+    def torch_seed(self, *salt: int | str) -> int:
+        """Return an int seed for torch, derived like :meth:`rng`."""
+        return int(self.rng(*salt).integers(0, 2**31 - 1))
+
+    # -- feedback ----------------------------------------------------------------------------
+    def log(self, message: str) -> None:
+        """Print a line of progress information (not a warning)."""
+        if self._log is not None:
+            self._log(f"[{self.step_id}] {message}")
+
+    def warn(self, message: str) -> None:
+        """Record a warning (e.g. a skipped image); it lands in provenance and the report."""
+        self.warnings.append(message)
+        self.log(f"warning: {message}")
+
+    def progress(self, items: Iterable[T], total: int | None = None, description: str = "") -> Iterator[T]:
+        """Iterate over ``items`` showing a progress bar for long work."""
+        if total is None:
+            try:
+                total = len(items)  # type: ignore[arg-type]
+            except TypeError:
+                total = None
+        if self._progress_factory is None:
+            yield from items
+            return
+        with self._progress_factory(description or self.step_id, total) as advance:
+            for item in items:
+                yield item
+                advance(1)
+
+    def map(self, fn: Callable[[T], R], items: Iterable[T], description: str = "") -> list[R]:
+        """Run ``fn`` over ``items`` with the recipe's executor; results in item order."""
+        items = list(items)
+        if self._progress_factory is None:
+            return self.executor.map(fn, items)
+        with self._progress_factory(description or self.step_id, len(items)) as advance:
+            return self.executor.map(fn, items, progress=advance)
+
+
+def cpu_count() -> int:
+    """Number of CPUs this process may use."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1

@@ -1,0 +1,1 @@
+"""Built-in cells components (work in progress)."""

@@ -1,0 +1,1 @@
+"""Built-in classify components (work in progress)."""

@@ -1,0 +1,1 @@
+"""Built-in evaluate components (work in progress)."""

@@ -1,0 +1,1 @@
+"""Built-in features components (work in progress)."""

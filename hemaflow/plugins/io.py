@@ -1,0 +1,139 @@
+"""Reading and writing images and masks (PNG, JPEG, BMP, TIFF; RGB or grey; 8 or 16 bit)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hemaflow.core.errors import DataError
+
+
+def to_rgb_uint8(arr: np.ndarray, path: object = "<array>") -> np.ndarray:
+    """Convert a grey/RGB/RGBA array of any integer or float depth to RGB uint8 HxWx3."""
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    if arr.ndim != 3:
+        raise DataError(path, f"expected a 2-D image, got an array of shape {arr.shape}")
+    if arr.shape[2] == 4:
+        arr = arr[..., :3]
+    elif arr.shape[2] == 2:  # grey + alpha
+        arr = arr[..., :1]
+    if arr.shape[2] == 1:
+        arr = np.repeat(arr, 3, axis=2)
+    if arr.dtype == np.uint8:
+        return np.ascontiguousarray(arr)
+    if arr.dtype == np.uint16 or arr.dtype == np.int32 or arr.dtype == np.uint32:
+        maxv = 65535.0 if arr.dtype == np.uint16 else float(max(arr.max(), 1))
+        return np.clip(np.round(arr.astype(np.float64) / maxv * 255.0), 0, 255).astype(np.uint8)
+    if arr.dtype == bool:
+        return arr.astype(np.uint8) * 255
+    if np.issubdtype(arr.dtype, np.floating):
+        scale = 255.0 if arr.max() <= 1.0 else 1.0
+        return np.clip(np.round(arr * scale), 0, 255).astype(np.uint8)
+    return np.clip(arr, 0, 255).astype(np.uint8)
+
+
+def read_array(path: Path | str) -> np.ndarray:
+    """Read an image file as stored (grey or colour, original bit depth)."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, "file not found")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in ("I;16", "I;16B", "I;16L"):
+                return np.asarray(im, dtype=np.uint16)
+            if im.mode == "P":
+                im = im.convert("RGB")
+            return np.asarray(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        # PIL cannot read some TIFFs (e.g. 16-bit RGB); try tifffile-free fallback via skimage
+        if path.suffix.lower() in (".tif", ".tiff"):
+            try:
+                import skimage.io
+
+                return np.asarray(skimage.io.imread(path))
+            except Exception:
+                pass
+        raise DataError(path, f"cannot read image ({type(exc).__name__}: {exc})") from None
+
+
+def read_image(path: Path | str) -> np.ndarray:
+    """Read an image as RGB uint8 HxWx3."""
+    return to_rgb_uint8(read_array(path), path)
+
+
+def read_mask(path: Path | str, spec: dict[str, Any] | None = None) -> np.ndarray:
+    """Read a mask and map it to uint8 0 background / 1 cytoplasm / 2 nucleus.
+
+    ``spec`` says how stored values map to classes:
+        * ``{"mode": "canonical"}``: already 0/1/2 (hemaflow's own masks).
+        * ``{"mode": "threshold", "cell": 64, "nucleus": 208}``: value > cell is cell,
+          value > nucleus is nucleus (anti-aliased grey masks; ``nucleus`` may be null).
+        * ``{"mode": "values", "cytoplasm": [128], "nucleus": [255]}``: exact values;
+          any other non-zero value is an error (``strict: true``, default) or cytoplasm.
+        * ``None`` / ``{"mode": "binary"}``: any non-zero value is cell (reads as 1).
+    RGB masks must have equal channels.
+    """
+    arr = read_array(path)
+    if arr.ndim == 3:
+        chans = arr[..., :3]
+        if not (np.array_equal(chans[..., 0], chans[..., 1]) and np.array_equal(chans[..., 0], chans[..., 2])):
+            raise DataError(path, "mask is RGB with unequal channels; expected a grey or label mask")
+        arr = chans[..., 0]
+    spec = spec or {"mode": "binary"}
+    mode = spec.get("mode", "binary")
+    out = np.zeros(arr.shape, dtype=np.uint8)
+    if mode == "canonical":
+        if arr.max(initial=0) > 2:
+            raise DataError(path, f"mask has value {int(arr.max())}; expected 0, 1 or 2")
+        return arr.astype(np.uint8)
+    if mode == "binary":
+        out[arr > spec.get("threshold", 0)] = 1
+        return out
+    if mode == "threshold":
+        out[arr > spec.get("cell", 64)] = 1
+        if spec.get("nucleus") is not None:
+            out[arr > spec["nucleus"]] = 2
+        return out
+    if mode == "values":
+        cyto = np.isin(arr, spec.get("cytoplasm", []))
+        nuc = np.isin(arr, spec.get("nucleus", []))
+        bg = np.isin(arr, spec.get("background", [0]))
+        other = ~(cyto | nuc | bg)
+        if other.any():
+            if spec.get("strict", True):
+                vals = sorted(int(v) for v in np.unique(arr[other])[:5])
+                raise DataError(path, f"mask has unexpected values {vals}; the recipe maps background "
+                                f"{spec.get('background', [0])}, cytoplasm {spec.get('cytoplasm', [])}, "
+                                f"nucleus {spec.get('nucleus', [])}")
+            cyto |= other
+        out[cyto] = 1
+        out[nuc] = 2
+        return out
+    raise ValueError(f"unknown mask mode {mode!r}")
+
+
+def write_png(path: Path | str, arr: np.ndarray) -> None:
+    """Write an RGB or grey uint8 array as PNG (RGB order preserved)."""
+    from PIL import Image
+
+    Image.fromarray(np.ascontiguousarray(arr)).save(path, format="PNG", compress_level=1)
+
+
+def png_bytes(arr: np.ndarray, max_side: int | None = None) -> bytes:
+    """Encode an array as PNG bytes (for report items), optionally downscaled."""
+    import io as _io
+
+    from PIL import Image
+
+    im = Image.fromarray(np.ascontiguousarray(arr))
+    if max_side and max(im.size) > max_side:
+        im.thumbnail((max_side, max_side))
+    buf = _io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()

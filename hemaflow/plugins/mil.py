@@ -1,0 +1,1 @@
+"""Built-in mil components (work in progress)."""

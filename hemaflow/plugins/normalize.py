@@ -1,0 +1,1 @@
+"""Built-in normalize components (work in progress)."""

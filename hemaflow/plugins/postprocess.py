@@ -1,0 +1,1 @@
+"""Built-in postprocess components (work in progress)."""

@@ -1,0 +1,1 @@
+"""Built-in report components (work in progress)."""

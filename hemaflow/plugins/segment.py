@@ -1,0 +1,1 @@
+"""Built-in segment components (work in progress)."""

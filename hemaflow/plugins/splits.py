@@ -1,0 +1,1 @@
+"""Built-in splits components (work in progress)."""

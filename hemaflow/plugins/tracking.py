@@ -1,0 +1,1 @@
+"""Built-in tracking components (work in progress)."""
