@@ -77,6 +77,17 @@ class ImageSet(TableArtifact):
             return None
         return io.read_mask(self.resolve(mp), self.meta.get("mask_spec"))
 
+    def cell_truth(self) -> pd.DataFrame | None:
+        """Ground truth per cell where the data set knows it (synthetic data), else None.
+
+        Columns: ``image_id``, ``centroid_y``, ``centroid_x``, ``truth`` (e.g. ``abnormal`` /
+        ``normal``), ``cell_type``. Stored as ``meta["cell_truth"]`` (a Parquet file name).
+        """
+        name = self.meta.get("cell_truth")
+        if not name:
+            return None
+        return pd.read_parquet(self.resolve(name))
+
     def iter_images(self) -> Iterator[tuple[pd.Series, np.ndarray]]:
         """Yield (row, image) one at a time (never loads the whole set)."""
         for _, row in self.table.iterrows():
