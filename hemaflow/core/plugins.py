@@ -127,7 +127,11 @@ def make_plugin_manager(*, builtins: bool = True, entry_points: bool = True, ext
     pm.add_hookspecs(hookspecs)
     if builtins:
         for modname in DEFAULT_PLUGINS:
-            pm.register(importlib.import_module(modname), name=modname)
+            try:
+                module = importlib.import_module(modname)
+            except Exception as exc:
+                raise PluginError(f"built-in plugin {modname!r} failed to import: {type(exc).__name__}: {exc}") from exc
+            pm.register(module, name=modname)
     strict = os.environ.get("HEMAFLOW_STRICT_PLUGINS") == "1"
     if entry_points:
         for ep in _third_party_entry_points():
@@ -194,7 +198,8 @@ def build_registry(pm: pluggy.PluginManager) -> Registry:
                 raise
             except Exception as exc:
                 if plugin_name.startswith("hemaflow.plugins") or strict:
-                    raise
+                    raise PluginError(f"plugin {plugin_name!r} failed in {hookname}: "
+                                      f"{type(exc).__name__}: {exc}") from exc
                 msg = f"plugin {plugin_name!r} failed in {hookname}: {type(exc).__name__}: {exc}"
                 reg.broken.append(msg)
                 warnings.warn(msg, PluginWarning, stacklevel=2)

@@ -1,0 +1,247 @@
+"""The ``hemaflow`` command line (see the public contract in the README).
+
+Exit codes: 0 success; 1 a check failed (invalid recipe, ``diff`` found differences);
+2 usage error; 3 a run failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any, Sequence
+
+from hemaflow import __version__
+from hemaflow.core.errors import HemaflowError, RecipeError, StepError, UsageError
+
+
+def _console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+
+
+def _registry() -> Any:
+    from hemaflow.core.plugins import PluginWarning, get_registry
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", PluginWarning)
+        reg = get_registry()
+    for w in caught:
+        if issubclass(w.category, PluginWarning):
+            print(f"warning: {w.message}", file=sys.stderr)
+    return reg
+
+
+def _resolve(path: str, overrides: Sequence[str] = ()) -> Any:
+    from hemaflow.core.recipe import load_recipe
+    from hemaflow.core.validate import resolve
+
+    return resolve(load_recipe(path, list(overrides)), _registry())
+
+
+# -- commands ------------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from hemaflow.core.runner import Runner
+
+    resolved = _resolve(args.recipe, args.set)
+    runner = Runner(resolved, _registry(), console=_console(), use_cache=not args.no_cache, executor=args.executor)
+    if args.executor:
+        _registry().get("executor", args.executor)
+    runner.run(Path(args.out) if args.out else None)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    status = 0
+    for path in args.recipes:
+        try:
+            _resolve(path)
+            print(f"{path}: ok")
+        except RecipeError as exc:
+            for p in exc.problems:
+                print(str(p), file=sys.stderr)
+            status = 1
+    return status
+
+
+def _origins_lines(resolved: Any) -> list[str]:
+    from hemaflow.core.diff import flatten
+
+    lines = []
+    for key, value in flatten(resolved.data).items():
+        ptr = "/" + key.replace(".", "/")
+        origin = resolved.recipe.locate(ptr)
+        lines.append(f"{key}: {json.dumps(value, default=str)}    # {origin}")
+    return lines
+
+
+def cmd_resolve(args: argparse.Namespace) -> int:
+    import yaml
+
+    resolved = _resolve(args.recipe, args.set)
+    if args.origins:
+        print("\n".join(_origins_lines(resolved)))
+    else:
+        print(yaml.safe_dump(resolved.data, sort_keys=False), end="")
+    return 0
+
+
+def _fmt(value: Any) -> str:
+    from hemaflow.core.diff import MISSING
+
+    return "(absent)" if value is MISSING else json.dumps(value, default=str)
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from hemaflow.core.diff import MISSING, diff
+
+    a, b = _resolve(args.recipe_a), _resolve(args.recipe_b)
+    changes = diff(a.data, b.data)
+
+    def origin(res: Any, key: str, value: Any) -> str | None:
+        return None if value is MISSING else str(res.recipe.locate("/" + key.replace(".", "/")))
+
+    if args.json:
+        out = [{"key": c.key, "change": c.kind,
+                "old": None if c.old is MISSING else c.old, "new": None if c.new is MISSING else c.new,
+                "old_origin": origin(a, c.key, c.old), "new_origin": origin(b, c.key, c.new)} for c in changes]
+        print(json.dumps(out, indent=1, default=str))
+    else:
+        for c in changes:
+            where = f"{origin(a, c.key, c.old) or '-'} -> {origin(b, c.key, c.new) or '-'}"
+            print(f"{c.key}: {_fmt(c.old)} -> {_fmt(c.new)}    # {where}")
+        if not changes:
+            print("no differences")
+    return 1 if changes else 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    reg = _registry()
+    rows = [{"kind": kind, "name": name, "distribution": e.distribution, "version": e.version,
+             "component_version": e.cls.version, "plugin": e.source,
+             "description": (e.cls.__doc__ or "").strip().split("\n")[0],
+             "inputs": e.cls.inputs, "outputs": e.cls.outputs, "schema": e.cls.schema}
+            for kind, name, e in reg.entries()]
+    if args.json:
+        print(json.dumps(rows, indent=1, default=str))
+        return 0
+    from rich.table import Table
+
+    table = Table(title=f"hemaflow {__version__} components")
+    for col in ("kind", "name", "distribution", "version", "description"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["kind"], r["name"], r["distribution"], r["version"], r["description"])
+    _console().print(table)
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from hemaflow.core.schema import compose_schema
+
+    print(json.dumps(compose_schema(_registry()), indent=1))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from hemaflow.core import compare
+
+    runs = compare.load_runs([Path(p) for p in args.run_dirs])
+    compare.print_comparison(_console(), runs)
+    if args.html:
+        Path(args.html).write_text(compare.render_comparison_html(runs), encoding="utf-8")
+        print(f"wrote {args.html}")
+    return 0
+
+
+# -- parser --------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hemaflow", description="Leukemia classification workflows from YAML recipes.")
+    p.add_argument("--version", action="version", version=f"hemaflow {__version__}")
+    p.add_argument("--debug", action="store_true", help="show Python tracebacks for errors")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    r = sub.add_parser("run", help="run a recipe")
+    r.add_argument("recipe")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key (YAML value)")
+    r.add_argument("--out", help="run directory (default runs/<name>-<UTC timestamp>/)")
+    r.add_argument("--no-cache", action="store_true", help="neither reuse nor store finished steps")
+    r.add_argument("--executor", help="executor for per-item work (e.g. serial, processes)")
+    r.set_defaults(func=cmd_run)
+
+    v = sub.add_parser("validate", help="check recipes; one line per problem")
+    v.add_argument("recipes", nargs="+")
+    v.set_defaults(func=cmd_validate)
+
+    s = sub.add_parser("resolve", help="print the resolved recipe")
+    s.add_argument("recipe")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    s.add_argument("--origins", action="store_true", help="show which file or override each value came from")
+    s.set_defaults(func=cmd_resolve)
+
+    d = sub.add_parser("diff", help="semantic diff of two resolved recipes (exit 1 if they differ)")
+    d.add_argument("recipe_a")
+    d.add_argument("recipe_b")
+    d.add_argument("--json", action="store_true")
+    d.set_defaults(func=cmd_diff)
+
+    c = sub.add_parser("compare", help="compare run directories: recipe diff beside metrics")
+    c.add_argument("run_dirs", nargs="+")
+    c.add_argument("--html", metavar="FILE", help="also write an HTML comparison page")
+    c.set_defaults(func=cmd_compare)
+
+    pl = sub.add_parser("plugins", help="list registered components")
+    pl.add_argument("--json", action="store_true")
+    pl.set_defaults(func=cmd_plugins)
+
+    sc = sub.add_parser("schema", help="print the composed recipe JSON Schema")
+    sc.set_defaults(func=cmd_schema)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = args.debug or os.environ.get("HEMAFLOW_DEBUG") == "1"
+    try:
+        return int(args.func(args) or 0)
+    except RecipeError as exc:
+        if debug:
+            raise
+        for p in exc.problems:
+            print(str(p), file=sys.stderr)
+        return 1 if args.command in ("validate", "resolve", "diff", "run") and args.command != "run" else 1
+    except StepError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        cause = exc.__cause__
+        if cause is not None and not isinstance(cause, HemaflowError):
+            print("  (an unexpected error inside the component; details in the run directory's error.log,"
+                  " or rerun with --debug)", file=sys.stderr)
+        print("  finished steps are kept in the cache; rerunning resumes from there", file=sys.stderr)
+        return 3
+    except UsageError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except HemaflowError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("interrupted; finished steps are kept in the cache", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # pragma: no cover - e.g. `hemaflow schema | head`
+        return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,423 @@
+"""The runner: executes a resolved recipe's steps in order, with the step cache.
+
+For each step the runner computes a cache key from the component's name and version, its
+resolved parameters, the cache keys of its inputs, the seed and the component's data
+fingerprint; a finished entry is reused, otherwise the component runs in a fresh work
+directory that is committed atomically. Afterwards the run directory gets the files promised
+in the public contract (resolved recipe, provenance, metrics, predictions, report).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import yaml
+
+from hemaflow import __version__
+from hemaflow.core.artifacts import Artifact, Metrics, Predictions
+from hemaflow.core.cache import StepCache, cache_key, default_cache_dir
+from hemaflow.core.component import RunContext
+from hemaflow.core.errors import HemaflowError, StepError
+from hemaflow.core.plugins import Registry
+from hemaflow.core.report_items import ReportItems
+from hemaflow.core.validate import Resolved, StepSpec
+
+
+@dataclass
+class StepResult:
+    """What one step produced, and whether it came from the cache."""
+
+    id: str
+    uses: str
+    kind: str
+    key: str
+    cached: bool
+    seconds: float
+    entry: Path
+    params: dict[str, Any]
+    outputs: dict[str, Artifact] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "uses": self.uses, "kind": self.kind, "cached": self.cached,
+                "seconds": round(self.seconds, 3), "warnings": self.warnings,
+                "outputs": {k: v.summary() for k, v in self.outputs.items()},
+                "report_dir": self.entry / "_report",
+                "report_items": ReportItems(self.entry / "_report").items}
+
+
+@dataclass
+class RunOutcome:
+    run_dir: Path
+    steps: list[StepResult]
+    metrics: dict[str, Any]
+    seconds: float
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    try:
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    except ImportError:  # pragma: no cover
+        return "cpu"
+
+
+def default_run_dir(name: str, root: Path = Path("runs")) -> Path:
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    path = root / f"{name}-{stamp}"
+    n = 1
+    while path.exists():
+        n += 1
+        path = root / f"{name}-{stamp}-{n}"
+    return path
+
+
+def deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Merge metrics dicts: nested dicts merge, lists concatenate, scalars from ``b`` win."""
+    out = dict(a)
+    for k, v in b.items():
+        if isinstance(out.get(k), dict) and isinstance(v, dict):
+            out[k] = deep_merge(out[k], v)
+        elif isinstance(out.get(k), list) and isinstance(v, list):
+            out[k] = out[k] + v
+        else:
+            out[k] = v
+    return out
+
+
+def _git_commit(path: Path) -> str | None:
+    try:
+        res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=5)
+        return res.stdout.strip() or None if res.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+class Runner:
+    """Runs a :class:`Resolved` recipe.
+
+    Args:
+        resolved: the validated recipe.
+        registry: the component registry.
+        console: a rich Console for progress and step summaries (None: quiet).
+        cache_dir: cache root (default: :func:`default_cache_dir`).
+        use_cache: False for ``--no-cache`` (neither read nor write the shared cache).
+        executor: executor name overriding the recipe's (``--executor``).
+    """
+
+    def __init__(self, resolved: Resolved, registry: Registry, *, console: Any = None,
+                 cache_dir: Path | None = None, use_cache: bool = True, executor: str | None = None,
+                 progress: bool | None = None) -> None:
+        self.resolved = resolved
+        self.registry = registry
+        self.console = console
+        self.use_cache = use_cache
+        self._tmp_cache: Path | None = None
+        if use_cache:
+            self.cache = StepCache(cache_dir or default_cache_dir())
+        else:
+            self._tmp_cache = Path(tempfile.mkdtemp(prefix="hemaflow-nocache-"))
+            self.cache = StepCache(self._tmp_cache)
+        data = resolved.data
+        ex = dict(data.get("executor") or {"uses": "serial"})
+        if executor:
+            ex = {"uses": executor, "with": {}}
+        from hemaflow.core.schema import fill_defaults
+
+        ex_cls = registry.get("executor", ex["uses"])
+        self.executor = ex_cls(**fill_defaults(ex_cls.schema, dict(ex.get("with") or {})))
+        self.seed = int(data.get("seed", 0))
+        self.device = resolve_device(str(data.get("device", "auto")))
+        if progress is None:
+            progress = bool(console is not None and console.is_terminal)
+        self._progress_enabled = progress
+        self._progress: Any = None
+
+    # -- output ------------------------------------------------------------------------------
+    def _print(self, text: str) -> None:
+        if self.console is not None:
+            self.console.print(text, highlight=False)
+
+    @contextlib.contextmanager
+    def _progress_task(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
+        if self._progress is None:
+            yield lambda n=1: None
+            return
+        task = self._progress.add_task(description, total=total)
+        try:
+            yield lambda n=1: self._progress.advance(task, n)
+        finally:
+            self._progress.remove_task(task)
+
+    # -- steps -------------------------------------------------------------------------------
+    def _key(self, spec: StepSpec, comp: Any, results: dict[str, StepResult]) -> tuple[str, str | None]:
+        fp = comp.fingerprint()
+        payload = {
+            "component": spec.uses,
+            "kind": spec.kind,
+            "version": spec.cls.version,
+            "params": spec.params,
+            "inputs": {name: [results[src].key, out] for name, (src, out) in sorted(spec.inputs.items())},
+            "seed": self.seed,
+            "fingerprint": fp,
+        }
+        return cache_key(payload), fp
+
+    def _load_outputs(self, entry: Path) -> dict[str, Artifact]:
+        info = json.loads((entry / "outputs.json").read_text())
+        out = {}
+        for name, desc in info.items():
+            path = Path(desc["path"])
+            path = path if path.is_absolute() else entry / path
+            out[name] = self.registry.artifact_type(desc["type"]).load(path)
+        return out
+
+    def _run_step(self, spec: StepSpec, results: dict[str, StepResult]) -> StepResult:
+        comp = spec.cls(**spec.params)
+        try:
+            key, fp = self._key(spec, comp, results)
+        except HemaflowError:
+            raise
+        except Exception as exc:
+            raise StepError(spec.id, spec.uses, f"computing the data fingerprint failed: {exc}") from exc
+        inputs = {name: results[src].outputs[out] for name, (src, out) in spec.inputs.items()}
+        hit = self.cache.lookup(key)
+        if hit is not None:
+            info = json.loads((hit / "step.json").read_text())
+            res = StepResult(spec.id, spec.uses, spec.kind, key, True, 0.0, hit, spec.params,
+                             self._load_outputs(hit), list(info.get("warnings", [])))
+            res.fingerprint = info.get("fingerprint")  # type: ignore[attr-defined]
+            res.ran_seconds = info.get("seconds", 0.0)  # type: ignore[attr-defined]
+            return res
+        workdir = self.cache.new_workdir(key)
+        ctx = RunContext(step_id=spec.id, workdir=workdir, seed=self.seed, device=self.device,
+                         executor=self.executor, progress_factory=self._progress_task if self._progress else None,
+                         recipe=self.resolved.data, log=self._print if self.console is not None else None)
+        random.seed(ctx.torch_seed("python"))
+        if "torch" in sys.modules:
+            sys.modules["torch"].manual_seed(ctx.torch_seed("torch"))
+        t0 = time.perf_counter()
+        try:
+            outputs = comp.run(ctx, **inputs)
+        except HemaflowError as exc:
+            self.cache.discard(workdir)
+            if isinstance(exc, StepError):
+                raise
+            raise StepError(spec.id, spec.uses, str(exc)) from exc
+        except KeyboardInterrupt:
+            self.cache.discard(workdir)
+            raise
+        except Exception as exc:
+            self.cache.discard(workdir)
+            raise StepError(spec.id, spec.uses, f"{type(exc).__name__}: {exc}") from exc
+        seconds = time.perf_counter() - t0
+        outputs = self._check_outputs(spec, outputs, workdir)
+        info = {"component": spec.uses, "version": spec.cls.version, "params": spec.params, "key": key,
+                "seconds": seconds, "warnings": ctx.warnings, "fingerprint": fp,
+                "finished": dt.datetime.now(dt.timezone.utc).isoformat()}
+        entry = self.cache.commit(key, workdir, info)
+        res = StepResult(spec.id, spec.uses, spec.kind, key, False, seconds, entry, spec.params,
+                         self._load_outputs(entry), list(ctx.warnings))
+        res.fingerprint = fp  # type: ignore[attr-defined]
+        res.ran_seconds = seconds  # type: ignore[attr-defined]
+        return res
+
+    def _check_outputs(self, spec: StepSpec, outputs: Any, workdir: Path) -> dict[str, Artifact]:
+        if isinstance(outputs, Artifact) and len(spec.cls.outputs) == 1:
+            outputs = {next(iter(spec.cls.outputs)): outputs}
+        if not isinstance(outputs, dict):
+            raise StepError(spec.id, spec.uses, f"run() returned {type(outputs).__name__}; expected a dict of outputs")
+        missing = [k for k in spec.cls.outputs if k not in outputs]
+        if missing:
+            raise StepError(spec.id, spec.uses, f"run() did not return declared output(s) {missing}")
+        desc = {}
+        for name, art in outputs.items():
+            want = self.registry.artifact_types.get(spec.cls.outputs.get(name, ""), Artifact)
+            if not isinstance(art, want):
+                raise StepError(spec.id, spec.uses, f"output {name!r} is a {type(art).__name__}; expected {want.type_name}")
+            if not (art.path / "meta.json").exists():
+                art.save()
+            try:
+                rel: str = str(art.path.resolve().relative_to(workdir.resolve()))
+            except ValueError:
+                rel = str(art.path.resolve())  # an input passed through unchanged (immutable entry)
+            desc[name] = {"type": art.type_name, "path": rel}
+        (workdir / "outputs.json").write_text(json.dumps(desc, indent=1))
+        return outputs
+
+    # -- the run -----------------------------------------------------------------------------
+    def run(self, run_dir: Path | None = None) -> RunOutcome:
+        data = self.resolved.data
+        run_dir = Path(run_dir) if run_dir else default_run_dir(self.resolved.name)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "recipe.resolved.yaml").write_text(
+            yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True))
+        started = dt.datetime.now(dt.timezone.utc)
+        t0 = time.perf_counter()
+        results: dict[str, StepResult] = {}
+        failure: BaseException | None = None
+        progress_cm: Any = contextlib.nullcontext()
+        if self._progress_enabled and self.console is not None:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                      MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                                      console=self.console, transient=True)
+            progress_cm = self._progress
+        self._print(f"[bold]hemaflow run[/bold] {self.resolved.name}  ->  {run_dir}  "
+                    f"(seed {self.seed}, device {self.device}, executor {self.executor.name}, "
+                    f"cache {'off' if not self.use_cache else self.cache.root})")
+        try:
+            with progress_cm:
+                for spec in self.resolved.steps:
+                    res = self._run_step(spec, results)
+                    results[spec.id] = res
+                    how = "[cyan]cached[/cyan]" if res.cached else f"ran {res.seconds:6.1f} s"
+                    outs = "; ".join(a.summary() for a in res.outputs.values())
+                    warn = f"  [yellow]{len(res.warnings)} warning(s)[/yellow]" if res.warnings else ""
+                    self._print(f"  [green]✓[/green] {spec.id:<14} {spec.uses:<20} {how}  {outs}{warn}")
+        except (StepError, KeyboardInterrupt) as exc:
+            failure = exc
+        seconds = time.perf_counter() - t0
+        metrics = self._write_outputs(run_dir, results, started, seconds, failure)
+        if failure is not None:
+            if isinstance(failure, StepError) and failure.__cause__ is not None and \
+                    not isinstance(failure.__cause__, HemaflowError):
+                (run_dir / "error.log").write_text("".join(traceback.format_exception(failure.__cause__)))
+            raise failure
+        self._report_and_track(run_dir, results, metrics, started, seconds)
+        return RunOutcome(run_dir, list(results.values()), metrics, seconds)
+
+    def _write_outputs(self, run_dir: Path, results: dict[str, StepResult], started: dt.datetime,
+                       seconds: float, failure: BaseException | None) -> dict[str, Any]:
+        import pandas as pd
+
+        metrics: dict[str, Any] = {}
+        preds = []
+        for res in results.values():
+            for art in res.outputs.values():
+                if isinstance(art, Metrics):
+                    metrics = deep_merge(metrics, art.values)
+                if isinstance(art, Predictions):
+                    preds.append(art.table)
+                try:
+                    art.export(run_dir, res.id)
+                except Exception as exc:  # exporting is a convenience; never lose the run for it
+                    self._print(f"  [yellow]could not export {res.id}: {exc}[/yellow]")
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
+        if preds:
+            table = pd.concat(preds, ignore_index=True, sort=False)
+            front = ["id", "level", "fold", "y_true", "y_pred"]
+            probs = sorted(c for c in table.columns if c.startswith("prob_"))
+            rest = [c for c in table.columns if c not in front and c not in probs]
+            table[front + probs + rest].to_csv(run_dir / "predictions.csv", index=False)
+        else:
+            pd.DataFrame(columns=["id", "level", "fold", "y_true", "y_pred"]).to_csv(run_dir / "predictions.csv",
+                                                                                     index=False)
+        (run_dir / "provenance.json").write_text(
+            json.dumps(self.provenance(results, started, seconds, failure), indent=1, default=str))
+        return metrics
+
+    def provenance(self, results: dict[str, StepResult], started: dt.datetime, seconds: float,
+                   failure: BaseException | None = None) -> dict[str, Any]:
+        import hashlib
+
+        versions = {"hemaflow": __version__, "python": platform.python_version()}
+        for mod in ("torch", "numpy", "timm", "segmentation_models_pytorch", "torchstain", "radiomics", "sklearn"):
+            if mod in sys.modules:
+                versions[mod] = str(getattr(sys.modules[mod], "__version__", "?"))
+        plugins = {}
+        for res in results.values():
+            for kind in (res.kind,):
+                entry = self.registry.components[kind].get(res.uses)
+                if entry is not None:
+                    plugins[res.uses] = {"kind": kind, "plugin": entry.source, "distribution": entry.distribution,
+                                         "version": entry.version, "component_version": entry.cls.version}
+        fps = {r.id: getattr(r, "fingerprint", None) for r in results.values() if getattr(r, "fingerprint", None)}
+        data_hash = hashlib.sha256(json.dumps(fps, sort_keys=True).encode()).hexdigest()[:16] if fps else None
+        return {
+            "recipe": self.resolved.name,
+            "recipe_files": self.resolved.recipe.files,
+            "started": started.isoformat(),
+            "seconds": round(seconds, 3),
+            "status": "ok" if failure is None else "failed",
+            "error": None if failure is None else str(failure),
+            "seed": self.seed,
+            "device": self.device,
+            "executor": self.executor.name,
+            "cache": str(self.cache.root) if self.use_cache else None,
+            "versions": versions,
+            "plugins": plugins,
+            "git_commit": _git_commit(self.resolved.recipe.path.resolve().parent),
+            "input_data_hash": data_hash,
+            "input_fingerprints": fps,
+            "steps": [{"id": r.id, "component": r.uses, "kind": r.kind, "params": r.params, "cache_key": r.key,
+                       "cache_hit": r.cached, "seconds": round(r.seconds, 3),
+                       "original_seconds": round(getattr(r, "ran_seconds", r.seconds) or 0.0, 3),
+                       "warnings": r.warnings}
+                      for r in results.values()],
+        }
+
+    def _run_dict(self, run_dir: Path, results: dict[str, StepResult], metrics: dict[str, Any],
+                  started: dt.datetime, seconds: float) -> dict[str, Any]:
+        import pandas as pd
+
+        pred_path = run_dir / "predictions.csv"
+        preds = pd.read_csv(pred_path) if pred_path.exists() else None
+        return {
+            "name": self.resolved.name,
+            "recipe": self.resolved.data,
+            "recipe_yaml": (run_dir / "recipe.resolved.yaml").read_text(),
+            "provenance": json.loads((run_dir / "provenance.json").read_text()),
+            "metrics": metrics,
+            "predictions": preds,
+            "duration_s": seconds,
+            "started": started.isoformat(),
+            "run_dir": run_dir,
+            "steps": [r.as_dict() for r in results.values()],
+        }
+
+    def _report_and_track(self, run_dir: Path, results: dict[str, StepResult], metrics: dict[str, Any],
+                          started: dt.datetime, seconds: float) -> None:
+        from hemaflow.core.schema import fill_defaults
+
+        data = self.resolved.data
+        run = self._run_dict(run_dir, results, metrics, started, seconds)
+        ref = data.get("report") or {"uses": "html"}
+        cls = self.registry.get("reporter", ref["uses"])
+        try:
+            cls(**fill_defaults(cls.schema, dict(ref.get("with") or {}))).write(run_dir, run)
+        except HemaflowError:
+            raise
+        except Exception as exc:
+            raise StepError("report", ref["uses"], f"{type(exc).__name__}: {exc}") from exc
+        for tid, tref in (data.get("trackers") or {}).items():
+            tcls = self.registry.get("tracker", tref["uses"])
+            try:
+                tcls(**fill_defaults(tcls.schema, dict(tref.get("with") or {}))).track(run_dir, run)
+            except HemaflowError:
+                raise
+            except Exception as exc:
+                raise StepError(f"trackers.{tid}", tref["uses"], f"{type(exc).__name__}: {exc}") from exc
+        if self._tmp_cache is not None:
+            shutil.rmtree(self._tmp_cache, ignore_errors=True)
+        total_cached = sum(r.cached for r in results.values())
+        self._print(f"[bold green]done[/bold green] in {seconds:.1f} s ({total_cached}/{len(results)} steps cached)"
+                    f" -> {run_dir}")
