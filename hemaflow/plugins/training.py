@@ -1,0 +1,617 @@
+"""The one training loop shared by every neural component (classifiers, multi-modal, MIL).
+
+Not a plugin module: components import it. It knows nothing about images; a data set is any
+``torch.utils.data.Dataset`` whose items are dicts of tensors/numbers with an integer class
+index under ``"y"``, and the caller says how a batch goes through the model (``forward``).
+
+What :func:`fit` does: AdamW, linear warm-up then cosine decay (per step), optional label
+smoothing, class weighting (``balanced`` loss weights) or a class-balanced sampler, gradient
+clipping, mixed precision on CUDA, per-epoch validation, checkpoint selection and early stopping
+on the **validation partition only** (the loop never sees test data: callers pass train and val
+sets, nothing else), deterministic on CPU for a given seed.
+
+Example::
+
+    import torch
+    from hemaflow.plugins.training import TRAIN_SCHEMA, TensorDictDataset, fit, predict_proba, train_config
+
+    x, y = torch.randn(40, 5), torch.arange(40) % 2
+    train, val = TensorDictDataset(x=x[:30], y=y[:30]), TensorDictDataset(x=x[30:], y=y[30:])
+    model = torch.nn.Linear(5, 2)
+    cfg = train_config(epochs=3, batch_size=8, lr=1e-2)
+    result = fit(model, train, val, forward=lambda m, b: m(b["x"]), config=cfg, ctx=ctx,
+                 classes=["a", "b"], name="fold0")
+    model.load_state_dict(result.best_state_dict)
+    probs = predict_proba(model, val, forward=lambda m, b: m(b["x"]), config=cfg, device=ctx.device)
+    result.history  # list of per-epoch dicts: epoch, lr, train_loss, val_loss, val_accuracy, ...
+
+Components merge :data:`TRAIN_SCHEMA` into their own parameter schema
+(``"properties": {**TRAIN_SCHEMA, ...}``) and pass their params through :func:`train_config`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypedDict
+
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from hemaflow.core.component import RunContext
+
+
+class AugmentConfig(TypedDict, total=False):
+    flip: bool
+    rot90: bool
+    affine: float
+    color_jitter: float
+    blur: float
+
+
+class TrainConfig(TypedDict, total=False):
+    """Training options (all have defaults, see :data:`TRAIN_SCHEMA`)."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float
+    warmup_epochs: float
+    schedule: str  # "cosine" | "constant"
+    label_smoothing: float
+    class_weighting: str  # "none" | "balanced" | "sampler"
+    patience: int  # 0 = no early stopping
+    select_metric: str  # "balanced_accuracy" | "loss"
+    amp: bool
+    grad_clip: float  # 0 = off
+    num_workers: int
+    augment: AugmentConfig
+
+
+AUGMENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "description": "training-time augmentations; geometric ones move image and mask together, colour ones touch the image only",
+    "properties": {
+        "flip": {"type": "boolean", "default": True, "description": "random horizontal and vertical flips"},
+        "rot90": {"type": "boolean", "default": True, "description": "random multiples of 90 degrees (square inputs)"},
+        "affine": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.0,
+                   "description": "probability of a small random affine (rotation up to 15 deg, scale 0.9-1.1, shift up to 5%)"},
+        "color_jitter": {"type": "number", "minimum": 0, "maximum": 0.5, "default": 0.1,
+                         "description": "strength of random brightness/contrast/saturation changes (0 = off)"},
+        "blur": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.0,
+                 "description": "probability of a light Gaussian blur (sigma 0.5-1.2 px)"},
+    },
+    "additionalProperties": False,
+    "default": {"flip": True, "rot90": True, "affine": 0.0, "color_jitter": 0.1, "blur": 0.0},
+}
+
+TRAIN_SCHEMA: dict[str, Any] = {
+    "epochs": {"type": "integer", "minimum": 1, "default": 10, "description": "maximum training epochs"},
+    "batch_size": {"type": "integer", "minimum": 1, "default": 16, "description": "training and prediction batch size"},
+    "lr": {"type": "number", "exclusiveMinimum": 0, "default": 3e-4, "description": "peak AdamW learning rate"},
+    "weight_decay": {"type": "number", "minimum": 0, "default": 0.05, "description": "AdamW weight decay"},
+    "warmup_epochs": {"type": "number", "minimum": 0, "default": 1, "description": "linear learning-rate warm-up, in epochs"},
+    "schedule": {"enum": ["cosine", "constant"], "default": "cosine",
+                 "description": "learning rate after warm-up: cosine decay to 1% of lr, or constant"},
+    "label_smoothing": {"type": "number", "minimum": 0, "maximum": 0.5, "default": 0.0,
+                        "description": "cross-entropy label smoothing"},
+    "class_weighting": {"enum": ["none", "balanced", "sampler"], "default": "balanced",
+                        "description": "imbalance handling: none, loss weights n/(k*n_c), or a class-balanced sampler"},
+    "patience": {"type": "integer", "minimum": 0, "default": 5,
+                 "description": "stop after this many epochs without validation improvement (0 = never)"},
+    "select_metric": {"enum": ["balanced_accuracy", "loss"], "default": "balanced_accuracy",
+                      "description": "validation metric that picks the checkpoint (ties broken by validation loss)"},
+    "amp": {"type": "boolean", "default": True, "description": "mixed precision (CUDA only; ignored on CPU)"},
+    "grad_clip": {"type": "number", "minimum": 0, "default": 1.0, "description": "gradient norm clip (0 = off)"},
+    "num_workers": {"type": "integer", "minimum": 0, "default": 0, "description": "DataLoader worker processes"},
+    "augment": AUGMENT_SCHEMA,
+}
+
+
+def train_config(params: Mapping[str, Any] | None = None, /, **overrides: Any) -> TrainConfig:
+    """Return a full :class:`TrainConfig`: schema defaults, then keys of ``params`` that are
+    training options (others are ignored), then ``overrides``."""
+    cfg: dict[str, Any] = {k: copy.deepcopy(v["default"]) for k, v in TRAIN_SCHEMA.items()}
+    for src in (params or {}), overrides:
+        for k, v in src.items():
+            if k in TRAIN_SCHEMA:
+                cfg[k] = copy.deepcopy(v)
+    aug = dict(AUGMENT_SCHEMA["default"])
+    aug.update(cfg.get("augment") or {})
+    cfg["augment"] = aug
+    return cfg  # type: ignore[return-value]
+
+
+# -- data --------------------------------------------------------------------------------------
+class TensorDictDataset:
+    """A map-style data set over equally long tensors/arrays; item ``i`` is ``{k: v[i]}``.
+
+    ``labels`` (the ``y`` values as an int array) is exposed so :func:`fit` can weight classes
+    without iterating the data.
+    """
+
+    def __init__(self, **columns: Any) -> None:
+        import torch
+
+        n = {len(v) for v in columns.values()}
+        if len(n) != 1:
+            raise ValueError(f"columns have different lengths {sorted(n)}")
+        self.columns = {k: v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v)) for k, v in columns.items()}
+        self.n = n.pop()
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.columns["y"].numpy().astype(int)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return {k: v[i] for k, v in self.columns.items()}
+
+
+def dataset_labels(ds: Any) -> np.ndarray:
+    """Class indices of a data set: its ``labels`` attribute if any, else ``ds[i]["y"]``."""
+    labels = getattr(ds, "labels", None)
+    if labels is not None:
+        return np.asarray(labels, dtype=int)
+    return np.asarray([int(ds[i]["y"]) for i in range(len(ds))], dtype=int)
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """Balanced weights ``n / (k * n_c)``; classes absent from ``labels`` get weight 0."""
+    counts = np.bincount(labels, minlength=n_classes).astype(float)
+    present = counts > 0
+    w = np.zeros(n_classes)
+    w[present] = len(labels) / (present.sum() * counts[present])
+    return w
+
+
+# -- augmentation ------------------------------------------------------------------------------
+class Augment:
+    """Random augmentation of a float image CxHxW (values 0-1) and an optional mask HxW.
+
+    Geometric transforms (flips, rot90, affine) apply identically to image and mask (nearest
+    neighbour for the mask); colour jitter and blur touch the image only. Randomness comes from
+    torch's global generator, which :func:`fit` seeds, so runs repeat exactly on CPU.
+    """
+
+    def __init__(self, cfg: AugmentConfig | None = None) -> None:
+        self.cfg = dict(AUGMENT_SCHEMA["default"])
+        self.cfg.update(cfg or {})
+
+    def __call__(self, image: "torch.Tensor", mask: "torch.Tensor | None" = None):
+        import torch
+
+        c = self.cfg
+        r = torch.rand(8).tolist()
+        if c["flip"]:
+            if r[0] < 0.5:
+                image, mask = image.flip(-1), None if mask is None else mask.flip(-1)
+            if r[1] < 0.5:
+                image, mask = image.flip(-2), None if mask is None else mask.flip(-2)
+        if c["rot90"] and image.shape[-1] == image.shape[-2]:
+            k = int(r[2] * 4) % 4
+            if k:
+                image = torch.rot90(image, k, (-2, -1))
+                mask = None if mask is None else torch.rot90(mask, k, (-2, -1))
+        if c["affine"] > 0 and r[3] < c["affine"]:
+            image, mask = _random_affine(image, mask)
+        if c["color_jitter"] > 0:
+            s = c["color_jitter"]
+            f = (torch.rand(3) * 2 - 1) * s + 1  # brightness, contrast, saturation factors
+            image = image * f[0]
+            mean = image.mean()
+            image = (image - mean) * f[1] + mean
+            grey = image.mean(0, keepdim=True)
+            image = (image - grey) * f[2] + grey
+            image = image.clamp(0, 1)
+        if c["blur"] > 0 and r[4] < c["blur"]:
+            image = _gaussian_blur(image, 0.5 + 0.7 * r[5])
+        return image.contiguous(), None if mask is None else mask.contiguous()
+
+
+def _random_affine(image: "torch.Tensor", mask: "torch.Tensor | None"):
+    import torch
+    import torch.nn.functional as F
+
+    angle = (torch.rand(()) * 2 - 1) * math.radians(15)
+    scale = 0.9 + 0.2 * torch.rand(())
+    shift = (torch.rand(2) * 2 - 1) * 0.1  # grid units are [-1, 1]: 0.1 = 5% of the side
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.tensor([[cos, -sin, shift[0]], [sin, cos, shift[1]]], dtype=torch.float32)[None]
+    grid = F.affine_grid(theta, [1, 1, *image.shape[-2:]], align_corners=False)
+    # pad with the border so smear background continues instead of black corners
+    image = F.grid_sample(image[None].float(), grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
+    if mask is not None:
+        m = F.grid_sample(mask[None, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
+        mask = m[0, 0].to(mask.dtype)
+    return image, mask
+
+
+def _gaussian_blur(image: "torch.Tensor", sigma: float) -> "torch.Tensor":
+    import torch
+    import torch.nn.functional as F
+
+    radius = max(1, int(round(2 * sigma)))
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    k = torch.exp(-(x**2) / (2 * sigma**2))
+    k = k / k.sum()
+    c = image.shape[0]
+    img = image[None]
+    img = F.conv2d(F.pad(img, (radius, radius, 0, 0), mode="reflect"), k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
+    img = F.conv2d(F.pad(img, (0, 0, radius, radius), mode="reflect"), k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
+    return img[0]
+
+
+# -- the loop ----------------------------------------------------------------------------------
+@dataclass
+class FitResult:
+    """What :func:`fit` returns.
+
+    Attributes:
+        best_state_dict: the selected checkpoint's weights (CPU tensors).
+        best_epoch: 1-based epoch of that checkpoint.
+        history: one dict per epoch: ``epoch, lr, train_loss, val_loss, val_accuracy,
+            val_balanced_accuracy, seconds, selected`` (``selected`` marks the best so far).
+        stopped_early: True when patience ended training before ``epochs``.
+    """
+
+    best_state_dict: dict[str, Any]
+    best_epoch: int
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stopped_early: bool = False
+
+    def history_frame(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.history)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch (CPU and CUDA), so model initialisation and augmentation repeat."""
+    import torch
+
+    torch.manual_seed(int(seed))
+
+
+def _logits(output: Any) -> "torch.Tensor":
+    if isinstance(output, Mapping):
+        return output["logits"]
+    if isinstance(output, (tuple, list)):
+        return output[0]
+    return output
+
+
+def _to_device(batch: Any, device: str) -> Any:
+    import torch
+
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+def _autocast(device: str, amp: bool):
+    import contextlib
+
+    import torch
+
+    if amp and device.startswith("cuda"):
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast(device_type="cuda", dtype=dtype)
+    return contextlib.nullcontext()
+
+
+def _lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Mean per-class recall over the classes present in ``y_true``."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    recalls = [float(np.mean(y_pred[y_true == c] == c)) for c in np.unique(y_true)]
+    return float(np.mean(recalls)) if recalls else float("nan")
+
+
+def evaluate(model: Any, data: Any, *, forward: Callable, config: TrainConfig, device: str = "cpu",
+             collate_fn: Callable | None = None) -> dict[str, float]:
+    """Plain (unweighted, unsmoothed) cross-entropy, accuracy and balanced accuracy on ``data``."""
+    import torch.nn.functional as F
+
+    probs, labels, loss = _predict(model, data, forward=forward, config=config, device=device,
+                                   collate_fn=collate_fn, with_loss=True)
+    pred = probs.argmax(1)
+    return {"loss": float(loss), "accuracy": float(np.mean(pred == labels)) if len(labels) else float("nan"),
+            "balanced_accuracy": balanced_accuracy(labels, pred)}
+
+
+def _loader(data: Any, batch_size: int, *, shuffle: bool, generator: Any = None, sampler: Any = None,
+            collate_fn: Callable | None = None, num_workers: int = 0, drop_last: bool = False):
+    from torch.utils.data import DataLoader
+
+    return DataLoader(data, batch_size=batch_size, shuffle=shuffle if sampler is None else False, sampler=sampler,
+                      generator=generator, collate_fn=collate_fn, num_workers=num_workers, drop_last=drop_last)
+
+
+def _predict(model: Any, data: Any, *, forward: Callable, config: TrainConfig, device: str,
+             collate_fn: Callable | None, with_loss: bool = False):
+    import torch
+    import torch.nn.functional as F
+
+    model.eval()
+    out, ys, total, n = [], [], 0.0, 0
+    loader = _loader(data, int(config.get("batch_size", 16)), shuffle=False, collate_fn=collate_fn,
+                     num_workers=int(config.get("num_workers", 0)))
+    with torch.no_grad():
+        for batch in loader:
+            batch = _to_device(batch, device)
+            with _autocast(device, bool(config.get("amp", False))):
+                logits = _logits(forward(model, batch)).float()
+            out.append(torch.softmax(logits, 1).cpu().numpy())
+            if with_loss:
+                y = batch["y"].long()
+                total += float(F.cross_entropy(logits, y, reduction="sum"))
+                n += len(y)
+                ys.append(y.cpu().numpy())
+    probs = np.concatenate(out) if out else np.zeros((0, 0))
+    if with_loss:
+        labels = np.concatenate(ys) if ys else np.zeros(0, dtype=int)
+        return probs, labels, total / max(n, 1)
+    return probs
+
+
+def predict_proba(model: Any, data: Any, *, forward: Callable, config: TrainConfig | None = None,
+                  device: str = "cpu", collate_fn: Callable | None = None) -> np.ndarray:
+    """Return softmax probabilities (N, n_classes) for every item of ``data``, in order."""
+    model.to(device)
+    return _predict(model, data, forward=forward, config=config or train_config(), device=device,
+                    collate_fn=collate_fn)
+
+
+def fit(model: Any, train_data: Any, val_data: Any | None, *, forward: Callable, config: TrainConfig,
+        ctx: "RunContext | None" = None, classes: Sequence[str] | None = None,
+        loss_fn: Callable | None = None, collate_fn: Callable | None = None, name: str = "model",
+        seed: int | None = None, device: str | None = None) -> FitResult:
+    """Train ``model`` on ``train_data``; select the checkpoint on ``val_data``.
+
+    Args:
+        model: a ``torch.nn.Module`` (moved to the device; left holding the *last* weights).
+        train_data: map-style data set of dict items with an int ``"y"``.
+        val_data: validation data set (same item format) or None: then the last epoch is kept.
+        forward: ``forward(model, batch) -> logits`` (or a tuple/dict whose first item /
+            ``"logits"`` are the logits), batch already on the device.
+        config: a :class:`TrainConfig` (see :func:`train_config`).
+        ctx: the step's RunContext: progress, log lines, seed and device come from it.
+        classes: class names; their number sizes the class weights (default: labels seen).
+        loss_fn: ``loss_fn(output, batch) -> scalar``; default cross-entropy with the
+            configured label smoothing and class weights.
+        collate_fn: DataLoader collate function (e.g. for variable-size MIL bags).
+        name: label for progress and log lines (e.g. ``"fold0"``).
+        seed: overrides ``ctx.torch_seed(name)``.
+        device: overrides ``ctx.device``.
+
+    Returns:
+        :class:`FitResult`.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    cfg = train_config(config)
+    device = device or (ctx.device if ctx is not None else "cpu")
+    if seed is None:
+        seed = ctx.torch_seed("fit", name) if ctx is not None else 0
+    seed_everything(seed)
+    generator = torch.Generator().manual_seed(int(seed))
+    amp = bool(cfg["amp"]) and device.startswith("cuda")
+
+    labels = dataset_labels(train_data)
+    n_classes = len(classes) if classes is not None else int(labels.max()) + 1
+    if len(train_data) == 0:
+        raise ValueError(f"{name}: the training partition is empty")
+    weights = None
+    sampler = None
+    if cfg["class_weighting"] == "balanced":
+        weights = torch.as_tensor(class_weights(labels, n_classes), dtype=torch.float32, device=device)
+    elif cfg["class_weighting"] == "sampler":
+        from torch.utils.data import WeightedRandomSampler
+
+        w = class_weights(labels, n_classes)[labels]
+        sampler = WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double), len(labels), replacement=True,
+                                        generator=generator)
+    if loss_fn is None:
+        smoothing = float(cfg["label_smoothing"])
+
+        def loss_fn(output: Any, batch: Mapping[str, Any]) -> "torch.Tensor":
+            return F.cross_entropy(_logits(output).float(), batch["y"].long(), weight=weights, label_smoothing=smoothing)
+
+    bs = int(cfg["batch_size"])
+    # drop a last batch of one: BatchNorm cannot train on it
+    drop_last = len(train_data) % bs == 1 and len(train_data) > bs
+    loader = _loader(train_data, bs, shuffle=True, generator=generator, sampler=sampler, collate_fn=collate_fn,
+                     num_workers=int(cfg["num_workers"]), drop_last=drop_last)
+    steps_per_epoch = max(1, len(loader))
+    total_steps = steps_per_epoch * int(cfg["epochs"])
+    warmup = int(round(float(cfg["warmup_epochs"]) * steps_per_epoch))
+
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": float(cfg["weight_decay"])},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=float(cfg["lr"]))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: _lr_factor(s, total_steps, warmup, str(cfg["schedule"])))
+    scaler = torch.amp.GradScaler("cuda", enabled=amp and not torch.cuda.is_bf16_supported()) if amp else None
+
+    history: list[dict[str, Any]] = []
+    best_key: tuple[float, float] | None = None
+    best_state: dict[str, Any] | None = None
+    best_epoch, bad_epochs, stopped = 0, 0, False
+    epochs = range(1, int(cfg["epochs"]) + 1)
+    it = ctx.progress(epochs, total=len(epochs), description=f"train {name}") if ctx is not None else epochs
+    for epoch in it:
+        t0 = time.perf_counter()
+        model.train()
+        total, n = 0.0, 0
+        lr = opt.param_groups[0]["lr"]
+        for batch in loader:
+            batch = _to_device(batch, device)
+            with _autocast(device, amp):
+                output = forward(model, batch)
+                loss = loss_fn(output, batch)
+            opt.zero_grad(set_to_none=True)
+            if scaler is not None and scaler.is_enabled():
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+            else:
+                loss.backward()
+            if cfg["grad_clip"] > 0:
+                torch.nn.utils.clip_grad_norm_(params, float(cfg["grad_clip"]))
+            if scaler is not None and scaler.is_enabled():
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            sched.step()
+            k = len(batch["y"]) if isinstance(batch, Mapping) and "y" in batch else 1
+            total += float(loss.detach()) * k
+            n += k
+            if not math.isfinite(float(loss.detach())):
+                raise FloatingPointError(f"{name}: training loss is {float(loss.detach())} at epoch {epoch}; "
+                                         "lower lr or enable grad_clip")
+        row: dict[str, Any] = {"epoch": epoch, "lr": lr, "train_loss": total / max(n, 1)}
+        if val_data is not None and len(val_data):
+            ev = evaluate(model, val_data, forward=forward, config=cfg, device=device, collate_fn=collate_fn)
+            row.update({"val_loss": ev["loss"], "val_accuracy": ev["accuracy"],
+                        "val_balanced_accuracy": ev["balanced_accuracy"]})
+            if cfg["select_metric"] == "loss":
+                key = (-ev["loss"], 0.0)
+            else:
+                key = (ev["balanced_accuracy"], -ev["loss"])
+        else:
+            key = (float(epoch), 0.0)  # no validation data: the last epoch wins
+        improved = best_key is None or key > best_key
+        if improved:
+            best_key, best_epoch, bad_epochs = key, epoch, 0
+            best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        else:
+            bad_epochs += 1
+        row["seconds"] = round(time.perf_counter() - t0, 3)
+        row["selected"] = bool(improved)
+        history.append(row)
+        if ctx is not None:
+            msg = f"{name} epoch {epoch}: train_loss {row['train_loss']:.4f}"
+            if "val_loss" in row:
+                msg += f", val_loss {row['val_loss']:.4f}, val_bacc {row['val_balanced_accuracy']:.3f}"
+            ctx.log(msg + (" *" if improved else ""))
+        if cfg["patience"] and bad_epochs >= int(cfg["patience"]) and epoch < int(cfg["epochs"]):
+            stopped = True
+            break
+    assert best_state is not None
+    return FitResult(best_state_dict=best_state, best_epoch=best_epoch, history=history, stopped_early=stopped)
+
+
+# -- checkpoints and learning curves -------------------------------------------------------------
+def recipe_hash(recipe: Mapping[str, Any] | None) -> str:
+    """Short hash of a resolved recipe (stored in checkpoints to tie weights to their recipe)."""
+    text = json.dumps(recipe or {}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def save_checkpoint(path: Path | str, state_dict: Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> Path:
+    """Write ``state_dict`` as safetensors; ``metadata`` values are stored JSON-encoded.
+
+    Callers put ``recipe_hash`` (see :func:`recipe_hash`), ``component``, ``params``,
+    ``classes`` and ``epoch`` in the metadata.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
+    meta = {str(k): json.dumps(v, default=str) for k, v in (metadata or {}).items()}
+    save_file(tensors, str(path), metadata=meta)
+    return path
+
+
+def load_checkpoint(path: Path | str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return ``(state_dict, metadata)`` of a checkpoint written by :func:`save_checkpoint`."""
+    from safetensors import safe_open
+
+    from hemaflow.core.errors import DataError
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, "checkpoint not found")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            raw = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises several types for a bad file
+        raise DataError(path, f"not a readable safetensors checkpoint ({exc})") from None
+    meta = {}
+    for k, v in raw.items():
+        try:
+            meta[k] = json.loads(v)
+        except json.JSONDecodeError:
+            meta[k] = v
+    return state, meta
+
+
+def write_history(path: Path | str, histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> Path:
+    """Write per-epoch learning curves of several fits (``{"fold0": history, ...}``) to CSV
+    with a leading ``run`` column."""
+    import pandas as pd
+
+    frames = [pd.DataFrame(list(h)).assign(run=name) for name, h in histories.items() if len(h)]
+    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run", "epoch"])
+    cols = ["run"] + [c for c in df.columns if c != "run"]
+    path = Path(path)
+    df[cols].to_csv(path, index=False)
+    return path
+
+
+def report_learning_curves(ctx: "RunContext", histories: Mapping[str, Sequence[Mapping[str, Any]]],
+                           title: str = "Learning curves") -> None:
+    """Add a figure (train/val loss and val balanced accuracy per epoch) to ``ctx.report``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for name, hist in histories.items():
+        if not hist:
+            continue
+        ep = [h["epoch"] for h in hist]
+        line, = axes[0].plot(ep, [h["train_loss"] for h in hist], label=f"{name} train")
+        if "val_loss" in hist[0]:
+            axes[0].plot(ep, [h["val_loss"] for h in hist], "--", color=line.get_color(), label=f"{name} val")
+            axes[1].plot(ep, [h["val_balanced_accuracy"] for h in hist], color=line.get_color(), label=name)
+            best = [h["epoch"] for h in hist if h.get("selected")]
+            if best:
+                b = best[-1]
+                axes[1].plot([b], [hist[b - 1]["val_balanced_accuracy"]], "o", color=line.get_color())
+    axes[0].set_xlabel("epoch")
+    axes[0].set_ylabel("loss")
+    axes[1].set_xlabel("epoch")
+    axes[1].set_ylabel("val balanced accuracy")
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    ctx.report.figure(title, fig, caption="dots: selected checkpoint (validation partition only)")
