@@ -57,6 +57,10 @@ def _mark(path: str, mark: yaml.Mark) -> Origin:
 
 def _convert(node: yaml.Node, path: str, ptr: str, src: Source, loader: _Loader, problems: list[Problem]) -> Any:
     src.values[ptr] = _mark(path, node.start_mark)
+    standard = {yaml.MappingNode: "tag:yaml.org,2002:map", yaml.SequenceNode: "tag:yaml.org,2002:seq"}
+    if type(node) in standard and node.tag != standard[type(node)]:
+        raise yaml.constructor.ConstructorError(None, None, f"unsupported YAML tag {node.tag!r} (recipes hold "
+                                                f"plain data only)", node.start_mark)
     if isinstance(node, yaml.MappingNode):
         loader.flatten_mapping(node)
         out: dict[Any, Any] = {}
@@ -104,7 +108,12 @@ def parse_yaml(text: str, path: str) -> Source:
         src.data = {}
         return src
     problems: list[Problem] = []
-    src.data = _convert(node, path, "", src, loader, problems)
+    try:
+        src.data = _convert(node, path, "", src, loader, problems)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
+        raise RecipeError(Problem(path, line, col, "", f"malformed YAML: {exc.problem or exc}")) from None
     if problems:
         raise RecipeError(problems)
     return src

@@ -1,0 +1,131 @@
+"""Recipe loading: YAML locations, duplicate keys, extends, overrides; exact error text."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from hemaflow.core.errors import RecipeError, UsageError
+from hemaflow.core.recipe import load_recipe
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+def problems(exc: pytest.ExceptionInfo) -> list[str]:
+    return [str(p) for p in exc.value.problems]
+
+
+def test_duplicate_key_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "r.yaml", """
+        name: r
+        seed: 1
+        steps:
+          a: {uses: x}
+        seed: 2
+    """)
+    with pytest.raises(RecipeError) as exc:
+        load_recipe("r.yaml")
+    assert problems(exc) == ["r.yaml:5:1: /seed: duplicate key 'seed' (first defined at line 2)"]
+
+
+def test_malformed_yaml(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "r.yaml", """
+        name: r
+        steps:
+          a: {uses: x
+    """)
+    with pytest.raises(RecipeError) as exc:
+        load_recipe("r.yaml")
+    [msg] = problems(exc)
+    assert msg.startswith("r.yaml:4:1: /: malformed YAML: while parsing a flow mapping, expected ',' or '}'")
+
+
+def test_missing_file(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(RecipeError) as exc:
+        load_recipe("nope.yaml")
+    assert problems(exc) == ["nope.yaml: /: file not found"]
+
+
+def test_extends_cycle(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "a.yaml", "extends: b.yaml\nname: a\n")
+    write(tmp_path / "b.yaml", "extends: a.yaml\nname: b\n")
+    with pytest.raises(RecipeError) as exc:
+        load_recipe("a.yaml")
+    assert problems(exc) == ["b.yaml: /extends: extends cycle: a.yaml -> b.yaml -> a.yaml"]
+
+
+def test_extends_missing_parent(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "a.yaml", "name: a\nextends: base.yaml\n")
+    with pytest.raises(RecipeError) as exc:
+        load_recipe("a.yaml")
+    assert problems(exc) == ["a.yaml:2:10: /extends: extended recipe 'base.yaml' not found (looked for base.yaml)"]
+
+
+def test_extends_deep_merge_and_origins(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    write(tmp_path / "base.yaml", """
+        name: base
+        seed: 3
+        steps:
+          mil:
+            uses: attention
+            with: {epochs: 10, sizes: [1, 2], lr: 0.1}
+    """)
+    write(tmp_path / "sub" / "child.yaml", """
+        extends: ../base.yaml
+        name: child
+        steps:
+          mil:
+            with:
+              sizes: [5]
+    """)
+    r = load_recipe("sub/child.yaml", ["steps.mil.with.epochs=3", "steps.mil.with.extra={a: 1}"])
+    assert r.data == {"name": "child", "seed": 3,
+                      "steps": {"mil": {"uses": "attention",
+                                        "with": {"epochs": 3, "sizes": [5], "lr": 0.1, "extra": {"a": 1}}}}}
+    assert str(r.origins["/seed"]) == "base.yaml:2:7"
+    assert str(r.origins["/steps/mil/with/sizes"]) == "sub/child.yaml:6:14"
+    assert str(r.origins["/steps/mil/with/lr"]) == "base.yaml:6:43"
+    assert str(r.origins["/steps/mil/with/epochs"]) == "--set steps.mil.with.epochs=3"
+    assert str(r.origins["/steps/mil/with/extra/a"]) == "--set steps.mil.with.extra={a: 1}"
+    assert r.files == ["sub/child.yaml", "base.yaml"]
+
+
+def test_extends_list_later_parent_wins(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "p1.yaml", "name: p1\nseed: 1\ndevice: cpu\n")
+    write(tmp_path / "p2.yaml", "name: p2\nseed: 2\n")
+    write(tmp_path / "c.yaml", "extends: [p1.yaml, p2.yaml]\nname: c\n")
+    r = load_recipe("c.yaml")
+    assert r.data == {"name": "c", "seed": 2, "device": "cpu"}
+
+
+def test_override_errors(tmp_path):
+    write(tmp_path / "r.yaml", "name: r\nseed: 1\n")
+    with pytest.raises(UsageError) as exc:
+        load_recipe(tmp_path / "r.yaml", ["seed"])
+    assert str(exc.value) == "--set 'seed': expected KEY=VALUE, e.g. --set steps.mil.with.epochs=3"
+    with pytest.raises(UsageError) as exc:
+        load_recipe(tmp_path / "r.yaml", ["seed.x=1"])
+    assert str(exc.value) == "--set 'seed.x=1': seed is not a mapping"
+
+
+def test_recipes_cannot_construct_python_objects(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "r.yaml", "name: !!python/object/apply:os.system ['echo hi']\n")
+    with pytest.raises(RecipeError) as exc:
+        load_recipe("r.yaml")
+    [msg] = problems(exc)
+    assert msg == ("r.yaml:1:7: /: malformed YAML: unsupported YAML tag "
+                   "'tag:yaml.org,2002:python/object/apply:os.system' (recipes hold plain data only)")
