@@ -59,7 +59,8 @@ class Component:
         version: bump when results change; part of the cache key.
         schema: JSON Schema (2020-12) of the ``with:`` parameters; ``default`` values are filled
             in before ``__init__``. Use ``"additionalProperties": False`` so typos are caught.
-        inputs: input name -> artifact type name. A trailing ``?`` marks an optional input.
+        inputs: input name -> artifact type name. A trailing ``?`` on the type (``"Split?"``)
+            marks an optional input.
         outputs: output name -> artifact type name. The first output is the step's default.
     """
 

@@ -146,7 +146,7 @@ def resolve(recipe: Recipe, registry: Registry) -> Resolved:
         step = steps[sid]
         ptr = f"/steps/{escape(sid)}/inputs"
         declared = {k.rstrip("?"): v for k, v in spec.cls.inputs.items()}
-        required = [k for k in spec.cls.inputs if not k.endswith("?")]
+        required = [k for k, t in spec.cls.inputs.items() if not k.endswith("?") and not t.endswith("?")]
         given = step.get("inputs") if isinstance(step.get("inputs"), dict) else {}
         for name, ref in given.items():
             iptr = f"{ptr}/{escape(name)}"
