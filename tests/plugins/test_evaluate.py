@@ -27,9 +27,13 @@ def _square(size: int, y0: int, y1: int, x0: int, x1: int, nucleus: tuple[int, i
 
 @pytest.fixture()
 def seg_data(tmp_path):
+    return make_seg_data(tmp_path)
+
+
+def make_seg_data(tmp_path):
     """Three 32x32 images; ground truth 10x10 cells with 4x4 nuclei; predictions shifted."""
     d = tmp_path / "data"
-    d.mkdir()
+    d.mkdir(parents=True)
     rows, preds = [], []
     truth = _square(32, 10, 20, 10, 20, (13, 17, 13, 17))
     predicted = {
