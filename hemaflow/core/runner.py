@@ -350,7 +350,9 @@ class Runner:
                 if entry is not None:
                     plugins[res.uses] = {"kind": kind, "plugin": entry.source, "distribution": entry.distribution,
                                          "version": entry.version, "component_version": entry.cls.version}
-        fps = {r.id: getattr(r, "fingerprint", None) for r in results.values() if getattr(r, "fingerprint", None)}
+        # data sets hash the files they read; generated data is identified by its step's cache key
+        fps = {r.id: getattr(r, "fingerprint", None) or r.key for r in results.values()
+               if getattr(r, "fingerprint", None) or r.kind == "dataset"}
         data_hash = hashlib.sha256(json.dumps(fps, sort_keys=True).encode()).hexdigest()[:16] if fps else None
         return {
             "recipe": self.resolved.name,

@@ -54,15 +54,18 @@ def compose_schema(registry: Any) -> dict[str, Any]:
         })
     step = defs["step"]
     step["properties"]["uses"]["enum"] = sorted(set(names["step"]))
-    step["allOf"] = branches["step"]
+    if branches["step"]:
+        step["allOf"] = branches["step"]
     for group, prop in (("executor", "executor"), ("reporter", "report")):
         defs[f"{group}Ref"] = copy.deepcopy(defs["componentRef"])
         defs[f"{group}Ref"]["properties"]["uses"]["enum"] = sorted(names[group])
-        defs[f"{group}Ref"]["allOf"] = branches[group]
+        if branches[group]:
+            defs[f"{group}Ref"]["allOf"] = branches[group]
         schema["properties"][prop]["$ref"] = f"#/$defs/{group}Ref"
     defs["trackerRef"] = copy.deepcopy(defs["componentRef"])
     defs["trackerRef"]["properties"]["uses"]["enum"] = sorted(names["tracker"])
-    defs["trackerRef"]["allOf"] = branches["tracker"]
+    if branches["tracker"]:
+        defs["trackerRef"]["allOf"] = branches["tracker"]
     schema["properties"]["trackers"]["additionalProperties"] = {"$ref": "#/$defs/trackerRef"}
     return schema
 

@@ -179,8 +179,8 @@ def resolve(recipe: Recipe, registry: Registry) -> Resolved:
             want, have = declared[name].rstrip("?"), outputs[out]
             wt, ht = registry.artifact_types.get(want), registry.artifact_types.get(have)
             if wt is not None and ht is not None and not issubclass(ht, wt):
-                problems.append(_problem(recipe, iptr, f"input {name!r} of {spec.uses} must be a {want}; "
-                                         f"{ref!r} is a {have}"))
+                problems.append(_problem(recipe, iptr, f"input {name!r} of {spec.uses} must be {want}; "
+                                         f"{ref!r} gives {have}"))
                 continue
             spec.inputs[name] = (src_id, out)
         for name in required:
