@@ -82,7 +82,7 @@ def test_all_problems_at_once_with_suggestions(tmp_path, registry):
         "did you mean 'patients_per_class' or 'pixels_per_um'?",
         "r.yaml:9:22: /steps/cells/inputs/images: no step 'dta'; did you mean 'data'?",
         "r.yaml:9:27: /steps/cells/inputs/maskz: cell_crops has no input 'maskz'; did you mean 'masks'?",
-        "r.yaml:9:15: /steps/cells/inputs: cell_crops needs input 'masks' (MaskSet); add inputs: {masks: <step id>}",
+        "r.yaml:9:13: /steps/cells/inputs: cell_crops needs input 'masks' (MaskSet); add inputs: {masks: <step id>}",
     ]
 
 
