@@ -1,1 +1,299 @@
-"""Built-in cells components (work in progress)."""
+"""Cell instances from segmented fields: the ``cell_crops`` extractor.
+
+Inputs ``images: ImageSet`` and ``masks: MaskSet`` (instances from ``instances_path`` when a
+post-processor labelled them, else connected components of mask > 0). Output ``cells:
+CellSet``: one row per cell with ``cell_id`` ``"<image_id>:<k>"`` (k = 1..N in label order),
+``bbox_y0, bbox_x0, bbox_y1, bbox_x1`` (half-open, pixels), ``centroid_y, centroid_x``, ``area``
+and ``nucleus_area`` (pixels), ``label``/``patient_id`` from the ImageSet, ``truth`` and
+``cell_type`` matched from :meth:`ImageSet.cell_truth` where the data set knows them (the ground
+truth cell whose centroid lies inside the instance, nearest to the instance's centroid); plus
+square crops ``crops.npy`` (N, S, S, 3) and ``crop_masks.npy`` (N, S, S) with 0/1/2 of that cell
+only (neighbours are 0), written image by image into ``np.lib.format.open_memmap`` files so
+memory stays flat for any number of cells.
+
+Scaling: ``window`` cuts a fixed S x S window around the centroid (keeps the physical scale:
+the right choice when magnification is constant), ``resize`` cuts the bounding box grown by
+``margin`` and resizes it to S x S (every cell fills the crop). Outside the image, ``padding``
+``reflect`` mirrors the field, ``constant`` fills with ``pad_value``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hemaflow.core.component import Component, RunContext
+from hemaflow.core.errors import DataError
+from hemaflow.core.markers import hookimpl
+
+COLUMNS = ["cell_id", "image_id", "patient_id", "label", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1",
+           "centroid_y", "centroid_x", "area", "nucleus_area", "crop_index"]
+
+
+def _reflect_index(idx: np.ndarray, n: int) -> np.ndarray:
+    """Map indices outside [0, n) back inside by mirroring at the edges (numpy's ``reflect``)."""
+    if n == 1:
+        return np.zeros_like(idx)
+    period = 2 * (n - 1)
+    idx = np.mod(idx, period)
+    return np.where(idx >= n, period - idx, idx)
+
+
+def _take(arr: np.ndarray, y0: int, x0: int, y1: int, x1: int, padding: str, value: int) -> np.ndarray:
+    """Return arr[y0:y1, x0:x1] where the window may leave the array (padded).
+
+    ``reflect`` mirrors the whole field at its border (any pad size); ``constant`` fills ``value``.
+    """
+    H, W = arr.shape[:2]
+    if y0 >= 0 and x0 >= 0 and y1 <= H and x1 <= W:
+        return arr[y0:y1, x0:x1]
+    if padding == "reflect":
+        ys = _reflect_index(np.arange(y0, y1), H)
+        xs = _reflect_index(np.arange(x0, x1), W)
+        return arr[np.ix_(ys, xs)]
+    out = np.full((y1 - y0, x1 - x0) + arr.shape[2:], value, dtype=arr.dtype)
+    sy0, sx0, sy1, sx1 = max(y0, 0), max(x0, 0), min(y1, H), min(x1, W)
+    if sy1 > sy0 and sx1 > sx0:
+        out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = arr[sy0:sy1, sx0:sx1]
+    return out
+
+
+def _resize(arr: np.ndarray, size: int, nearest: bool) -> np.ndarray:
+    from PIL import Image
+
+    if arr.shape[0] == size and arr.shape[1] == size:
+        return arr
+    im = Image.fromarray(np.ascontiguousarray(arr))
+    return np.asarray(im.resize((size, size), Image.NEAREST if nearest else Image.BILINEAR))
+
+
+def extract_cells(img: np.ndarray, mask: np.ndarray, instances: np.ndarray, *, crop_size: int = 96,
+                  scale: str = "window", margin: float = 0.15, padding: str = "reflect", pad_value: int = 0,
+                  min_area: int = 0, mask_neighbours: bool = True):
+    """Cut one crop per instance.
+
+    Args:
+        img: RGB uint8 HxWx3.
+        mask: uint8 0/1/2 HxW.
+        instances: int32 HxW labels (0 background).
+
+    Returns:
+        (rows, crops uint8 (n,S,S,3), crop masks uint8 (n,S,S)); rows hold ``k``, bbox,
+        centroid, area, nucleus_area.
+    """
+    from scipy import ndimage as ndi
+
+    n = int(instances.max())
+    S = crop_size
+    rows, crops, cmasks = [], [], []
+    if n == 0:
+        return rows, np.zeros((0, S, S, 3), np.uint8), np.zeros((0, S, S), np.uint8)
+    objs = ndi.find_objects(instances)
+    for k, sl in enumerate(objs, start=1):
+        if sl is None:
+            continue
+        own = instances[sl] == k
+        area = int(own.sum())
+        if area < max(min_area, 1):
+            continue
+        yy, xx = np.nonzero(own)
+        cy, cx = float(yy.mean() + sl[0].start), float(xx.mean() + sl[1].start)
+        y0, y1, x0, x1 = sl[0].start, sl[0].stop, sl[1].start, sl[1].stop
+        if scale == "window":
+            wy0, wx0 = int(round(cy)) - S // 2, int(round(cx)) - S // 2
+            side = S
+        else:
+            side = max(int(np.ceil(max(y1 - y0, x1 - x0) * (1 + 2 * margin))), 2)
+            wy0 = int(round((y0 + y1) / 2.0 - side / 2))
+            wx0 = int(round((x0 + x1) / 2.0 - side / 2))
+        crop = _take(img, wy0, wx0, wy0 + side, wx0 + side, padding, pad_value)
+        m_win = _take(mask, wy0, wx0, wy0 + side, wx0 + side, "constant", 0)
+        i_win = _take(instances, wy0, wx0, wy0 + side, wx0 + side, "constant", 0) == k
+        cmask = np.where(i_win, np.maximum(m_win, 1), 0 if mask_neighbours else m_win).astype(np.uint8)
+        if side != S:
+            crop = _resize(crop, S, nearest=False)
+            cmask = _resize(cmask, S, nearest=True)
+        rows.append({"k": k, "bbox_y0": y0, "bbox_x0": x0, "bbox_y1": y1, "bbox_x1": x1,
+                     "centroid_y": cy, "centroid_x": cx, "area": area,
+                     "nucleus_area": int(((mask[sl] == 2) & own).sum())})
+        crops.append(crop)
+        cmasks.append(cmask)
+    if not rows:
+        return rows, np.zeros((0, S, S, 3), np.uint8), np.zeros((0, S, S), np.uint8)
+    return rows, np.stack(crops).astype(np.uint8), np.stack(cmasks).astype(np.uint8)
+
+
+def match_truth(instances: np.ndarray, rows: list[dict[str, Any]], truth: pd.DataFrame) -> list[dict[str, Any]]:
+    """For each cell row, the ground-truth cell whose centroid is inside it, nearest its centroid.
+
+    Returns one dict per row with the truth columns (``truth``, ``cell_type``...), or ``{}``.
+    """
+    out: list[dict[str, Any]] = [{} for _ in rows]
+    if truth is None or truth.empty:
+        return out
+    H, W = instances.shape
+    ty = np.clip(np.round(truth["centroid_y"].to_numpy(float)).astype(int), 0, H - 1)
+    tx = np.clip(np.round(truth["centroid_x"].to_numpy(float)).astype(int), 0, W - 1)
+    inside = instances[ty, tx]
+    cols = [c for c in truth.columns if c not in ("image_id", "centroid_y", "centroid_x")]
+    for i, r in enumerate(rows):
+        cand = np.nonzero(inside == r["k"])[0]
+        if len(cand) == 0:
+            continue
+        d = (truth["centroid_y"].to_numpy(float)[cand] - r["centroid_y"]) ** 2 + \
+            (truth["centroid_x"].to_numpy(float)[cand] - r["centroid_x"]) ** 2
+        best = truth.iloc[cand[int(np.argmin(d))]]
+        out[i] = {c: best[c] for c in cols}
+    return out
+
+
+def _cells_one(item: tuple) -> dict[str, Any]:
+    """Worker for ctx.map: segment instances of one image, write its crops to scratch files."""
+    from scipy import ndimage as ndi
+
+    from hemaflow.plugins import io
+
+    image_id, img_path, mask_path, inst_path, scratch, params, truth = item
+    try:
+        img = io.read_image(img_path)
+        mask = io.read_mask(mask_path, {"mode": "canonical"})
+    except DataError as exc:
+        return {"image_id": image_id, "error": exc.problem, "file": exc.path}
+    if mask.shape != img.shape[:2]:
+        return {"image_id": image_id, "file": mask_path,
+                "error": f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {img.shape[1]}x{img.shape[0]}"}
+    if inst_path:
+        inst = np.load(inst_path).astype(np.int32)
+    else:
+        inst = ndi.label(mask > 0)[0].astype(np.int32)
+    rows, crops, cmasks = extract_cells(img, mask, inst, **params)
+    matched = match_truth(inst, rows, truth) if truth is not None else [{} for _ in rows]
+    for r, m in zip(rows, matched):
+        r.update(m)
+    np.save(scratch + ".crops.npy", crops)
+    np.save(scratch + ".masks.npy", cmasks)
+    return {"image_id": image_id, "rows": rows, "scratch": scratch}
+
+
+class CellCrops(Component):
+    """Cell table and square crops of every segmented white cell."""
+
+    kind = "cells"
+    name = "cell_crops"
+    version = "1"
+    schema = {
+        "type": "object",
+        "properties": {
+            "crop_size": {"type": "integer", "minimum": 8, "maximum": 1024, "default": 96,
+                          "description": "side S of the square crops (pixels)"},
+            "scale": {"enum": ["window", "resize"], "default": "window",
+                      "description": "window: fixed S x S window around the centroid (keeps scale); "
+                                     "resize: bounding box plus margin resized to S x S"},
+            "margin": {"type": "number", "minimum": 0, "maximum": 2, "default": 0.15,
+                       "description": "resize only: fraction of the bbox side added on each side"},
+            "padding": {"enum": ["reflect", "constant"], "default": "reflect",
+                        "description": "how crops that leave the image are filled"},
+            "pad_value": {"type": "integer", "minimum": 0, "maximum": 255, "default": 0,
+                          "description": "fill value for padding: constant"},
+            "min_area": {"type": "integer", "minimum": 0, "default": 0,
+                         "description": "cells smaller than this many pixels are left out"},
+            "mask_neighbours": {"type": "boolean", "default": True,
+                                "description": "crop masks show only their own cell (neighbours set to 0)"},
+            "on_error": {"enum": ["skip", "stop"], "default": "stop",
+                         "description": "an unreadable image or mask stops the step or is left out and recorded"},
+        },
+        "additionalProperties": False,
+    }
+    inputs = {"images": "ImageSet", "masks": "MaskSet"}
+    outputs = {"cells": "CellSet"}
+
+    def run(self, ctx: RunContext, images: Any, masks: Any) -> dict[str, Any]:
+        from hemaflow.plugins.artifacts import CellSet
+
+        p = self.params
+        params = {k: p[k] for k in ("crop_size", "scale", "margin", "padding", "pad_value", "min_area",
+                                    "mask_neighbours")}
+        truth = images.cell_truth()
+        by_img = {}
+        if truth is not None:
+            truth = truth.assign(image_id=truth["image_id"].astype(str))
+            by_img = {k: v.reset_index(drop=True) for k, v in truth.groupby("image_id")}
+        mask_ids = set(masks.table["image_id"].astype(str))
+        scratch = ctx.scratch_dir()
+        items = []
+        for i, row in images.table.reset_index(drop=True).iterrows():
+            iid = str(row["image_id"])
+            if iid not in mask_ids:
+                continue
+            mrow = masks.row(iid)
+            ip = mrow.get("instances_path") if "instances_path" in mrow.index else None
+            ip = None if ip is None or (isinstance(ip, float) and np.isnan(ip)) or ip == "" else str(masks.resolve(ip))
+            items.append((iid, str(images.image_path(row)), str(masks.resolve(mrow["path"])), ip,
+                          str(scratch / f"{i:06d}"), params, by_img.get(iid) if truth is not None else None))
+        missing = len(images.table) - len(items)
+        if missing:
+            ctx.warn(f"{missing} image(s) have no mask (left out by the segmenter or post-processor)")
+        results = ctx.map(_cells_one, items, description="cell crops")
+        info = {str(r["image_id"]): r for _, r in images.table.iterrows()}
+        ok = []
+        for res in results:
+            if "error" in res:
+                if p["on_error"] == "stop":
+                    raise DataError(res["file"], res["error"])
+                ctx.warn(f"skipped {res['file']}: {res['error']}")
+                continue
+            ok.append(res)
+        n = sum(len(r["rows"]) for r in ok)
+        S = p["crop_size"]
+        out = ctx.out_dir("cells")
+        crops = np.lib.format.open_memmap(out / "crops.npy", mode="w+", dtype=np.uint8, shape=(n, S, S, 3))
+        cmasks = np.lib.format.open_memmap(out / "crop_masks.npy", mode="w+", dtype=np.uint8, shape=(n, S, S))
+        rows, at, empty = [], 0, 0
+        for res in ok:
+            r_img = info[res["image_id"]]
+            c = np.load(res["scratch"] + ".crops.npy")
+            m = np.load(res["scratch"] + ".masks.npy")
+            crops[at:at + len(c)] = c
+            cmasks[at:at + len(m)] = m
+            if not res["rows"]:
+                empty += 1
+            for j, r in enumerate(res["rows"]):
+                k = r.pop("k")
+                rows.append({"cell_id": f"{res['image_id']}:{k}", "image_id": res["image_id"],
+                             "patient_id": str(r_img["patient_id"]), "label": r_img["label"],
+                             **r, "crop_index": at + j})
+            at += len(c)
+            for suffix in (".crops.npy", ".masks.npy"):
+                (scratch / (res["scratch"].rsplit("/", 1)[-1] + suffix)).unlink(missing_ok=True)
+        crops.flush()
+        cmasks.flush()
+        del crops, cmasks
+        if empty:
+            ctx.warn(f"{empty} image(s) have no cell")
+        extra = sorted({k for r in rows for k in r} - set(COLUMNS))
+        table = pd.DataFrame(rows, columns=COLUMNS + extra)
+        if "truth" in table.columns:
+            table["truth"] = table["truth"].astype(object).where(table["truth"].notna(), None)
+        meta = {"crop_size": S, "classes": images.classes, "source": self.name, "scale": p["scale"],
+                "padding": p["padding"], "patients_are_images": bool(images.meta.get("patients_are_images", False)),
+                "images_without_cells": empty}
+        cells = CellSet(out, table, meta).save()
+        self._report(ctx, cells)
+        return {"cells": cells}
+
+    def _report(self, ctx: RunContext, cells: Any) -> None:
+        from hemaflow.plugins.io import png_bytes
+
+        if len(cells.table) == 0:
+            return
+        crops = cells.crops
+        idx = np.linspace(0, len(cells.table) - 1, min(12, len(cells.table))).astype(int)
+        items = [(str(cells.table.iloc[i]["cell_id"]), png_bytes(np.asarray(crops[i]))) for i in idx]
+        ctx.report.gallery(f"Cell crops ({len(cells.table)} cells)", items, section="cells")
+
+
+@hookimpl
+def register_cell_extractors(register: Any) -> None:
+    register(CellCrops)
