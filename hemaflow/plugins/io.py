@@ -1,9 +1,18 @@
-"""Reading and writing images and masks (PNG, JPEG, BMP, TIFF; RGB or grey; 8 or 16 bit)."""
+"""Reading and writing images and masks (PNG, JPEG, BMP, TIFF; RGB or grey; 8 or 16 bit).
+
+Reading is lazy and one file at a time: :func:`image_size` opens a file's header without
+decoding the pixels (cheap enough for 100k files), :func:`read_array` decodes one file,
+:func:`list_images` walks a folder with ``os.scandir`` without opening anything. Every problem
+with a file is a :class:`~hemaflow.core.errors.DataError` naming it.
+"""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 import numpy as np
 
@@ -42,13 +51,21 @@ def read_array(path: Path | str) -> np.ndarray:
     path = Path(path)
     if not path.exists():
         raise DataError(path, "file not found")
+    if path.suffix.lower() in (".tif", ".tiff"):
+        arr = _read_tiff(path)
+        if arr is not None:
+            return arr
     try:
         with Image.open(path) as im:
             im.load()
             if im.mode in ("I;16", "I;16B", "I;16L"):
                 return np.asarray(im, dtype=np.uint16)
             if im.mode == "P":
-                im = im.convert("RGB")
+                im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+            if im.mode == "1":
+                return np.asarray(im.convert("L"))
+            if im.mode in ("LA", "PA"):
+                im = im.convert("LA")
             return np.asarray(im)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         # PIL cannot read some TIFFs (e.g. 16-bit RGB); try tifffile-free fallback via skimage
@@ -60,6 +77,77 @@ def read_array(path: Path | str) -> np.ndarray:
             except Exception:
                 pass
         raise DataError(path, f"cannot read image ({type(exc).__name__}: {exc})") from None
+
+
+def _read_tiff(path: Path) -> np.ndarray | None:
+    """Read a TIFF with tifffile when it is installed (PIL truncates 16-bit RGB to 8 bit)."""
+    try:
+        import tifffile
+    except ImportError:  # pragma: no cover - PIL handles the common cases
+        return None
+    try:
+        arr = np.asarray(tifffile.imread(path))
+    except Exception as exc:
+        raise DataError(path, f"cannot read image ({type(exc).__name__}: {exc})") from None
+    if arr.ndim == 3 and arr.shape[0] in (1, 3, 4) and arr.shape[2] not in (1, 2, 3, 4):
+        arr = np.moveaxis(arr, 0, -1)  # planar (C, H, W) storage
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[..., 0]
+    return arr
+
+
+def image_size(path: Path | str) -> tuple[int, int]:
+    """Return ``(height, width)`` from the file header, without decoding the pixels.
+
+    Raises:
+        DataError: the file is missing, empty, or not an image PIL can identify.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise DataError(path, "file is empty")
+        with Image.open(path) as im:
+            w, h = im.size
+    except FileNotFoundError:
+        raise DataError(path, "file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise DataError(path, f"not a readable image ({type(exc).__name__}: {exc})") from None
+    return int(h), int(w)
+
+
+def list_images(root: Path | str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+                exclude_suffix: str | None = None) -> Iterator[Path]:
+    """Yield image files below ``root`` (any depth) in sorted order, without opening them.
+
+    Hidden files and folders (``.name``) are skipped; so are files whose name ends with
+    ``exclude_suffix`` (e.g. ``_mask.png`` when masks sit beside their images).
+    """
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except FileNotFoundError:
+        raise DataError(root, "folder not found") from None
+    except NotADirectoryError:
+        raise DataError(root, "not a folder") from None
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            yield from list_images(entry.path, extensions, exclude_suffix)
+        elif entry.name.lower().endswith(extensions):
+            if exclude_suffix and entry.name.lower().endswith(exclude_suffix.lower()):
+                continue
+            yield Path(entry.path)
+
+
+def file_stamp(path: Path | str) -> str:
+    """``path|size|mtime_ns`` of a file (for data fingerprints; no pixel data is read)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return f"{path}|missing"
+    return f"{path}|{st.st_size}|{st.st_mtime_ns}"
 
 
 def read_image(path: Path | str) -> np.ndarray:
@@ -80,6 +168,10 @@ def read_mask(path: Path | str, spec: dict[str, Any] | None = None) -> np.ndarra
     RGB masks must have equal channels.
     """
     arr = read_array(path)
+    if arr.dtype == bool:
+        arr = arr.astype(np.uint8)
+    if arr.ndim == 3 and arr.shape[2] == 2:  # grey + alpha
+        arr = arr[..., 0]
     if arr.ndim == 3:
         chans = arr[..., :3]
         if not (np.array_equal(chans[..., 0], chans[..., 1]) and np.array_equal(chans[..., 0], chans[..., 2])):
