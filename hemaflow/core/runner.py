@@ -154,6 +154,11 @@ class Runner:
         if self.console is not None:
             self.console.print(text, highlight=False)
 
+    def _log(self, text: str) -> None:
+        from rich.markup import escape
+
+        self._print("    " + escape(text))
+
     @contextlib.contextmanager
     def _progress_task(self, description: str, total: int | None) -> Iterator[Callable[[int], None]]:
         if self._progress is None:
@@ -208,7 +213,7 @@ class Runner:
         workdir = self.cache.new_workdir(key)
         ctx = RunContext(step_id=spec.id, workdir=workdir, seed=self.seed, device=self.device,
                          executor=self.executor, progress_factory=self._progress_task if self._progress else None,
-                         recipe=self.resolved.data, log=self._print if self.console is not None else None)
+                         recipe=self.resolved.data, log=self._log if self.console is not None else None)
         random.seed(ctx.torch_seed("python"))
         if "torch" in sys.modules:
             sys.modules["torch"].manual_seed(ctx.torch_seed("torch"))
