@@ -27,6 +27,7 @@ comparable across cells and images):
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import hashlib
@@ -259,7 +260,7 @@ def file_sha256(path: str | Path) -> str:
 
 # -- extraction config ----------------------------------------------------------------------------
 def build_config(*, classes: list[str], settings: dict[str, Any], grey: str, region: str, min_pixels: int,
-                 params_file: str | None = None) -> dict[str, Any]:
+                 params_file: str | None = None, itk_threads: int = 1) -> dict[str, Any]:
     """Resolve the recipe parameters (and parameter file) into one JSON-able extraction config.
 
     Precedence: the parameter file's ``setting`` entries override the recipe's ``settings``; its
@@ -285,7 +286,8 @@ def build_config(*, classes: list[str], settings: dict[str, Any], grey: str, reg
         eff.pop("geometryTolerance", None)
     eff.update(force2D=True, force2Ddimension=0, label=1, additionalInfo=False)
     return {"settings": eff, "features": features, "image_types": image_types, "grey": grey,
-            "region": region, "min_pixels": int(min_pixels), "params_file": pf}
+            "region": region, "min_pixels": int(min_pixels), "params_file": pf,
+            "itk_threads": int(itk_threads)}
 
 
 @functools.lru_cache(maxsize=4)
@@ -335,16 +337,22 @@ def to_grey(rgb: np.ndarray, mode: str) -> np.ndarray:
 
 def region_mask(mask: np.ndarray, region: str) -> np.ndarray:
     """uint8 0/1 mask of ``region`` (cell, nucleus, cytoplasm) from a 0/1/2 mask."""
-    return np.isin(mask, REGIONS[region]).astype(np.uint8)
+    if region == "cell":
+        return (mask > 0).view(np.uint8)
+    if region not in REGIONS:
+        raise ValueError(f"unknown region {region!r}; expected one of {list(REGIONS)}")
+    return (mask == REGIONS[region][0]).view(np.uint8)
 
 
 # -- extraction -----------------------------------------------------------------------------------
-def extract_one(rgb: np.ndarray, mask: np.ndarray, config: dict[str, Any]) -> tuple[dict[str, float] | None, str]:
+def extract_one(rgb: np.ndarray, mask: np.ndarray, config: dict[str, Any],
+                extractor: Any = None) -> tuple[dict[str, float] | None, str]:
     """Extract features of one crop. Returns ``(features, "")`` or ``(None, skip reason)``.
 
     ``rgb`` is RGB uint8 HxWx3, ``mask`` uint8 HxW with 0/1/2. Feature keys are pyradiomics'
     (``original_glcm_Contrast``); the image handed to pyradiomics is ``(1, H, W)`` float64 with
-    ``force2D=True, force2Ddimension=0`` (see the module docstring).
+    ``force2D=True, force2Ddimension=0`` (see the module docstring). ``extractor`` is the
+    config's extractor when the caller already has it (saves a lookup per cell).
     """
     import SimpleITK as sitk
 
@@ -355,10 +363,10 @@ def extract_one(rgb: np.ndarray, mask: np.ndarray, config: dict[str, Any]) -> tu
     if n < config["min_pixels"]:
         return None, f"too small: {n} pixel(s) in the {config['region']} region (min_pixels {config['min_pixels']})"
     grey = to_grey(rgb, config["grey"])
-    vals = grey[roi.astype(bool)]
+    vals = grey[roi.view(bool)]
     if float(vals.max() - vals.min()) == 0.0:
         return None, f"constant intensity in the {config['region']} region ({config['grey']} = {float(vals[0]):g})"
-    ex = make_extractor(config)
+    ex = extractor if extractor is not None else make_extractor(config)
     try:
         with warnings.catch_warnings(), np.errstate(all="ignore"):
             warnings.simplefilter("ignore")
@@ -366,6 +374,27 @@ def extract_one(rgb: np.ndarray, mask: np.ndarray, config: dict[str, Any]) -> tu
     except Exception as exc:  # pyradiomics raises ValueError/RuntimeError/IndexError on degenerate ROIs
         return None, f"pyradiomics failed: {type(exc).__name__}: {exc}"
     return {k: float(v) for k, v in result.items() if not k.startswith("diagnostics_")}, ""
+
+
+@contextlib.contextmanager
+def itk_threads(n: int):
+    """Run SimpleITK filters with ``n`` threads (0: leave SimpleITK's default), then restore.
+
+    pyradiomics calls a dozen small SimpleITK filters per cell; on 96 px crops their thread
+    start-up costs more than it saves, and with a process pool it oversubscribes the CPUs.
+    """
+    import SimpleITK as sitk
+
+    if not n:
+        yield
+        return
+    po = sitk.ProcessObject
+    before = po.GetGlobalDefaultNumberOfThreads()
+    po.SetGlobalDefaultNumberOfThreads(int(n))
+    try:
+        yield
+    finally:
+        po.SetGlobalDefaultNumberOfThreads(before)
 
 
 def extract_cells_chunk(task: tuple[str, list[int], dict[str, Any]]) -> list[tuple[int, dict[str, float] | None, str]]:
@@ -378,33 +407,36 @@ def extract_cells_chunk(task: tuple[str, list[int], dict[str, Any]]) -> list[tup
     crops = np.load(Path(path) / "crops.npy", mmap_mode="r")
     masks = np.load(Path(path) / "crop_masks.npy", mmap_mode="r")
     out = []
-    for i in indices:
-        feats, reason = extract_one(np.asarray(crops[i]), np.asarray(masks[i]), config)
-        out.append((i, feats, reason))
+    ex = make_extractor(config)
+    with itk_threads(config.get("itk_threads", 1)):
+        for i in indices:
+            feats, reason = extract_one(np.asarray(crops[i]), np.asarray(masks[i]), config, ex)
+            out.append((i, feats, reason))
     return out
 
 
 def extract_images_chunk(task: tuple[list[tuple[int, str, str | None, dict | None]], dict[str, Any]]):
     """Worker for per-image extraction: ``task`` is ``(items, config)`` with items
     ``(row, image_path, mask_path, mask_spec)``; features over the union of the image's cells."""
+    items, config = task
+    with itk_threads(config.get("itk_threads", 1)):
+        return [_extract_image(row, image_path, mask_path, spec, config) for row, image_path, mask_path, spec in items]
+
+
+def _extract_image(row: int, image_path: str, mask_path: str, spec: dict | None, config: dict[str, Any]):
     from hemaflow.core.errors import DataError
     from hemaflow.plugins import io
 
-    items, config = task
-    out = []
-    for row, image_path, mask_path, spec in items:
-        try:
-            rgb = io.read_image(image_path)
-            mask = io.read_mask(mask_path, spec)
-            if mask.shape != rgb.shape[:2]:
-                raise DataError(mask_path, f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
-                                f"{rgb.shape[1]}x{rgb.shape[0]}")
-        except DataError as exc:
-            out.append((row, None, f"unreadable: {exc}"))
-            continue
-        feats, reason = extract_one(rgb, mask, config)
-        out.append((row, feats, reason))
-    return out
+    try:
+        rgb = io.read_image(image_path)
+        mask = io.read_mask(mask_path, spec)
+        if mask.shape != rgb.shape[:2]:
+            raise DataError(mask_path, f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is "
+                            f"{rgb.shape[1]}x{rgb.shape[0]}")
+    except DataError as exc:
+        return row, None, f"unreadable: {exc}"
+    feats, reason = extract_one(rgb, mask, config)
+    return row, feats, reason
 
 
 def versions() -> dict[str, str]:

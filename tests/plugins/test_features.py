@@ -282,6 +282,13 @@ def test_two_workers_give_the_serial_table(tmp_path):
     par = comp.run(make_context(tmp_path / "p", executor=ProcessExecutor(workers=2, chunksize=1, start_method="fork")),
                    cells=cells)["features"].table
     pd.testing.assert_frame_equal(serial, par)
+    import SimpleITK as sitk
+
+    before = sitk.ProcessObject.GetGlobalDefaultNumberOfThreads()
+    default_threads = make(RadiomicsFeatures, classes=FAST, itk_threads=0).run(make_context(tmp_path / "d"),
+                                                                               cells=cells)["features"].table
+    pd.testing.assert_frame_equal(serial, default_threads)
+    assert sitk.ProcessObject.GetGlobalDefaultNumberOfThreads() == before  # restored after the step
 
 
 def test_per_image_on_ground_truth_masks(tmp_path, shared_data):
