@@ -346,7 +346,7 @@ class FileDataset(Component):
                    "path": str(r["image"]), "mask_path": str(r["mask"]) if r.get("mask") is not None else None}
             row.update({c: r.get(c) for c in extra_cols})
             rows.append(row)
-        table = pd.DataFrame(rows)
+        table = pd.DataFrame(rows).sort_values("image_id", kind="stable").reset_index(drop=True)
         if not table["mask_path"].notna().any():
             table = table.drop(columns="mask_path")
         if not classes:
@@ -565,7 +565,8 @@ class ClassFolders(FileDataset):
         records, problems = [], []
         groups = [(root / s, SPLIT_NAMES[s.lower()]) for s in subdirs] if has_split else [(root, None)]
         for folder, split in groups:
-            for cdir in sorted(e for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")):
+            for cdir in sorted((e for e in os.scandir(folder) if e.is_dir() and not e.name.startswith(".")),
+                              key=lambda e: e.name):
                 for img in io.list_images(cdir.path, exclude_suffix=p["mask_suffix"]):
                     mask = _find_mask(img, root, mask_root, p["mask_suffix"])
                     if mask is None and p["require_masks"]:
@@ -652,7 +653,8 @@ class PatientFolders(FileDataset):
         extra = [c for c in labels.columns if c not in (p["patient_column"], p["label_column"])]
         info = {r[p["patient_column"]].strip(): r for r in labels.to_dict("records")}
         records, problems = [], []
-        folders = sorted(e for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+        folders = sorted((e for e in os.scandir(root) if e.is_dir() and not e.name.startswith(".")),
+                         key=lambda e: e.name)
         seen = set()
         for pdir in folders:
             pid = pdir.name

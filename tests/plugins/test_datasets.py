@@ -1,0 +1,315 @@
+"""Readers: manifest, class folders, patient folders, the real shared data; bad input."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from hemaflow.core.errors import DataError
+from hemaflow.plugins.datasets import BCCDFields, ClassFolders, Manifest, PatientFolders, WBCCrops
+from hemaflow.testing import check_component, make, make_context
+
+RNG = np.random.default_rng(0)
+
+
+def write_image(path, kind="rgb", size=(20, 24)):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = size
+    if kind == "rgb":
+        arr = RNG.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    elif kind == "grey":
+        arr = RNG.integers(0, 256, (h, w), dtype=np.uint8)
+    elif kind == "grey16":
+        arr = RNG.integers(0, 65536, (h, w), dtype=np.uint16)
+    else:
+        raise ValueError(kind)
+    Image.fromarray(arr).save(path)
+    return path
+
+
+def write_mask(path, size=(20, 24), values=(0, 128, 255), rgb=False):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    h, w = size
+    m = np.zeros((h, w), np.uint8)
+    m[h // 4: 3 * h // 4, w // 4: 3 * w // 4] = values[1]
+    m[h // 2 - 2: h // 2 + 2, w // 2 - 2: w // 2 + 2] = values[2]
+    Image.fromarray(np.stack([m] * 3, -1) if rgb else m).save(path)
+    return path
+
+
+def run(cls, tmp_path, **params):
+    ctx = make_context(tmp_path / "_work")
+    return make(cls, **params).run(ctx)["images"], ctx
+
+
+@pytest.mark.parametrize("cls", [Manifest, ClassFolders, PatientFolders, BCCDFields, WBCCrops])
+def test_conformance(cls):
+    check_component(cls)
+
+
+# -- manifest ------------------------------------------------------------------------------------
+@pytest.fixture()
+def manifest_dir(tmp_path):
+    root = tmp_path / "data"
+    write_image(root / "img" / "a.png")
+    write_image(root / "img" / "b.jpg")
+    write_image(root / "img" / "c.bmp", kind="grey")
+    write_image(root / "img" / "d.tif", kind="grey16")
+    for s in "abcd":
+        write_mask(root / "mask" / f"{s}.png", rgb=(s == "c"))
+    rows = [("img/a.png", "p1", "AML", "mask/a.png", "train", "s1"),
+            ("img/b.jpg", "p1", "AML", "mask/b.png", "train", "s1"),
+            ("img/c.bmp", "p2", "ALL", "mask/c.png", "test", "s2"),
+            ("img/d.tif", "p3", "ALL", "mask/d.png", "val", "s2")]
+    pd.DataFrame(rows, columns=["image", "patient", "label", "mask", "split", "site"]).to_csv(
+        root / "manifest.csv", index=False)
+    return root
+
+
+MASK_VALUES = {"mode": "values", "cytoplasm": [128], "nucleus": [255]}
+
+
+def test_manifest_csv_and_formats(manifest_dir, tmp_path):
+    images, ctx = run(Manifest, tmp_path, path=str(manifest_dir / "manifest.csv"), mask_spec=MASK_VALUES)
+    t = images.table
+    assert t["image_id"].tolist() == ["img/a", "img/b", "img/c", "img/d"]
+    assert t["patient_id"].tolist() == ["p1", "p1", "p2", "p3"]
+    assert list(t.columns) == ["image_id", "patient_id", "label", "path", "mask_path", "site", "split"]
+    assert images.classes == ["ALL", "AML"] and images.meta["patients_are_images"] is False
+    for _, row in t.iterrows():
+        img, mask = images.read_image(row), images.read_mask(row)
+        assert img.shape == (20, 24, 3) and img.dtype == np.uint8
+        assert sorted(np.unique(mask)) == [0, 1, 2]
+    assert ctx.warnings == [] and images.meta["skipped"] == []
+
+
+def test_manifest_parquet_without_patients(manifest_dir, tmp_path):
+    df = pd.read_csv(manifest_dir / "manifest.csv").drop(columns=["patient", "mask"])
+    df.to_parquet(manifest_dir / "m.parquet")
+    images, ctx = run(Manifest, tmp_path, path=str(manifest_dir / "m.parquet"), classes=["AML", "ALL"])
+    assert images.meta["patients_are_images"] is True
+    assert images.table["patient_id"].tolist() == images.table["image_id"].tolist()
+    assert images.classes == ["AML", "ALL"] and not images.has_masks()
+    assert any(i["title"] == "Patients are images" for i in ctx.report.items)
+
+
+def _edit_manifest(root, changes):
+    df = pd.read_csv(root / "manifest.csv", dtype=str, keep_default_na=False)
+    for (i, col), value in changes.items():
+        df.loc[i, col] = value
+    df.to_csv(root / "manifest.csv", index=False)
+    return str(root / "manifest.csv")
+
+
+def test_manifest_outside_folder_and_missing(manifest_dir, tmp_path):
+    write_image(tmp_path / "outside.png")
+    path = _edit_manifest(manifest_dir, {(1, "image"): "../outside.png"})
+    with pytest.raises(DataError) as exc:
+        run(Manifest, tmp_path, path=path)
+    assert str(exc.value) == (f"{manifest_dir / 'manifest.csv'}:3: path '../outside.png' points outside the "
+                              f"manifest's folder {manifest_dir} (set on_error: skip to leave it out)")
+    path = _edit_manifest(manifest_dir, {(1, "image"): "img/gone.png"})
+    with pytest.raises(DataError, match=r"manifest.csv:3: file 'img/gone.png' not found"):
+        run(Manifest, tmp_path, path=path)
+    images, ctx = run(Manifest, tmp_path, path=path, on_error="skip")
+    assert len(images.table) == 3
+    assert images.meta["skipped"][0]["file"].endswith("manifest.csv:3")
+    assert ctx.warnings[0].startswith("skipped ") and "img/gone.png' not found" in ctx.warnings[0]
+
+
+def test_manifest_label_not_in_classes(manifest_dir, tmp_path):
+    with pytest.raises(DataError, match=r"manifest.csv:4: label 'ALL' is not in the class list \['AML'\]"):
+        run(Manifest, tmp_path, path=str(manifest_dir / "manifest.csv"), classes=["AML"])
+
+
+def test_manifest_patient_without_image(manifest_dir, tmp_path):
+    path = _edit_manifest(manifest_dir, {(3, "image"): ""})
+    with pytest.raises(DataError, match=r"manifest.csv:5: patient 'p3' has no image"):
+        run(Manifest, tmp_path, path=path)
+
+
+def test_manifest_missing_column_and_file(manifest_dir, tmp_path):
+    with pytest.raises(DataError, match=r"manifest has no column 'diagnosis'; its columns are \['image', "):
+        run(Manifest, tmp_path, path=str(manifest_dir / "manifest.csv"), label_column="diagnosis")
+    with pytest.raises(DataError, match=r"nope.csv: manifest not found"):
+        run(Manifest, tmp_path, path=str(manifest_dir / "nope.csv"))
+
+
+def test_mask_size_mismatch_found_from_headers(manifest_dir, tmp_path):
+    write_mask(manifest_dir / "mask" / "b.png", size=(10, 12))
+    with pytest.raises(DataError) as exc:
+        run(Manifest, tmp_path, path=str(manifest_dir / "manifest.csv"))
+    assert str(exc.value).startswith(f"{manifest_dir / 'mask' / 'b.png'}: mask is 12x10 but its image")
+    assert "is 24x20 (width x height)" in str(exc.value)
+
+
+def test_truncated_image_header_vs_full(manifest_dir, tmp_path):
+    f = manifest_dir / "img" / "a.png"
+    data = f.read_bytes()
+    f.write_bytes(data[: len(data) // 2])
+    images, _ = run(Manifest, tmp_path, path=str(manifest_dir / "manifest.csv"))  # header is fine
+    with pytest.raises(DataError, match=r"a.png: cannot read image"):
+        images.read_image(images.table.iloc[0])  # found when the pixels are read
+    with pytest.raises(DataError, match=r"img/a.png: cannot read image"):
+        run(Manifest, tmp_path, path=str(manifest_dir / "manifest.csv"), validate="full")
+
+
+def test_unreadable_image_and_bad_mask_values(manifest_dir, tmp_path):
+    (manifest_dir / "img" / "a.png").write_bytes(b"garbage")
+    Image.fromarray(np.full((20, 24), 77, np.uint8)).save(manifest_dir / "mask" / "c.png")
+    images, ctx = run(Manifest, tmp_path, path=str(manifest_dir / "manifest.csv"), validate="full",
+                      mask_spec=MASK_VALUES, on_error="skip")
+    assert images.table["image_id"].tolist() == ["img/b", "img/d"]
+    reasons = [s["reason"] for s in images.meta["skipped"]]
+    assert reasons[0].startswith("cannot read image") or reasons[0].startswith("not a readable image")
+    assert reasons[1].startswith("mask has unexpected values [77]")
+
+
+def test_empty_dataset(tmp_path):
+    (tmp_path / "m.csv").write_text("image,patient,label\n")
+    with pytest.raises(DataError, match=r"m.csv: the data set is empty: no usable images found"):
+        run(Manifest, tmp_path, path=str(tmp_path / "m.csv"))
+
+
+def test_fingerprint_tracks_files_not_pixels(manifest_dir):
+    comp = make(Manifest, path=str(manifest_dir / "manifest.csv"))
+    fp = comp.fingerprint()
+    assert fp == make(Manifest, path=str(manifest_dir / "manifest.csv")).fingerprint()
+    f = manifest_dir / "img" / "b.jpg"
+    os.utime(f, ns=(0, 12345))
+    assert make(Manifest, path=str(manifest_dir / "manifest.csv")).fingerprint() != fp
+
+
+# -- class folders -------------------------------------------------------------------------------
+def test_class_folders_with_splits_and_parallel_masks(tmp_path):
+    root, masks = tmp_path / "ds", tmp_path / "ds_masks"
+    for split in ("train", "val", "test"):
+        for cls in ("ALL", "HEM"):
+            for i in range(2):
+                write_image(root / split / cls / f"{cls}_{split}_{i}.jpg")
+                write_mask(masks / split / cls / f"{cls}_{split}_{i}_mask.png", values=(0, 255, 255))
+    images, _ = run(ClassFolders, tmp_path, root=str(root), mask_root=str(masks), require_masks=True)
+    t = images.table
+    assert len(t) == 12 and images.classes == ["ALL", "HEM"]
+    assert t.groupby("split").size().to_dict() == {"test": 4, "train": 4, "val": 4}
+    assert t.iloc[0]["image_id"] == "test/ALL/ALL_test_0"
+    assert images.meta["patients_are_images"] is True
+    assert sorted(np.unique(images.read_mask(t.iloc[0]))) == [0, 1]
+    (masks / "val" / "HEM" / "HEM_val_1_mask.png").unlink()
+    with pytest.raises(DataError, match=r"HEM_val_1.jpg: no mask HEM_val_1_mask.png found"):
+        run(ClassFolders, tmp_path, root=str(root), mask_root=str(masks), require_masks=True)
+
+
+def test_class_folders_without_split_level_and_patient_pattern(tmp_path):
+    root = tmp_path / "ds"
+    for cls in ("AML", "NORMAL"):
+        for p in range(2):
+            for c in range(3):
+                write_image(root / cls / f"pat{cls}{p}_cell{c}.png", kind="grey")
+    write_mask(root / "AML" / "patAML0_cell0_mask.png")  # masks beside the images are not images
+    images, _ = run(ClassFolders, tmp_path, root=str(root), patient_pattern=r"^(?P<patient>[^_]+)_")
+    t = images.table
+    assert len(t) == 12 and "split" not in t.columns
+    assert t["patient_id"].nunique() == 4 and images.meta["patients_are_images"] is False
+    assert t["mask_path"].notna().sum() == 1
+    with pytest.raises(DataError, match=r"has no group named 'patient'"):
+        run(ClassFolders, tmp_path, root=str(root), patient_pattern=r"^([^_]+)_")
+
+
+def test_class_folders_bad_split_name(tmp_path):
+    write_image(tmp_path / "ds" / "train" / "A" / "x.png")
+    write_image(tmp_path / "ds" / "holdout" / "A" / "y.png")
+    with pytest.raises(DataError, match=r"split folder 'holdout' is not one of"):
+        run(ClassFolders, tmp_path, root=str(tmp_path / "ds"), split_level="yes")
+
+
+# -- patient folders -----------------------------------------------------------------------------
+@pytest.fixture()
+def patient_root(tmp_path):
+    root = tmp_path / "cv"
+    write_image(root / "P1" / "slide1" / "neutrophil" / "c1.jpg")
+    write_image(root / "P1" / "slide1" / "blast" / "c2.jpg")
+    write_image(root / "P2" / "c1.png")
+    write_mask(root / "P2" / "c1_mask.png")
+    write_image(root / "P3" / "a" / "b" / "c" / "d" / "deep.bmp")
+    pd.DataFrame({"case": ["P1", "P2", "P3"], "dx": ["AML", "NORMAL", "AML"], "site": ["x", "y", "x"]}).to_csv(
+        tmp_path / "labels.csv", index=False)
+    return root
+
+
+def test_patient_folders_any_depth(patient_root, tmp_path):
+    images, _ = run(PatientFolders, tmp_path, root=str(patient_root), labels=str(tmp_path / "labels.csv"),
+                    patient_column="case", label_column="dx")
+    t = images.table
+    assert t["image_id"].tolist() == ["P1/slide1/blast/c2", "P1/slide1/neutrophil/c1", "P2/c1",
+                                      "P3/a/b/c/d/deep"]
+    assert t["patient_id"].tolist() == ["P1", "P1", "P2", "P3"]
+    assert t["label"].tolist() == ["AML", "AML", "NORMAL", "AML"] and t["site"].tolist() == ["x", "x", "y", "x"]
+    assert t["mask_path"].notna().tolist() == [False, False, True, False]
+    assert images.meta["patients_are_images"] is False
+
+
+def test_patient_folders_unlabelled_and_imageless(patient_root, tmp_path):
+    write_image(patient_root / "P9" / "x.png")
+    (patient_root / "P3" / "a" / "b" / "c" / "d" / "deep.bmp").unlink()
+    kw = dict(root=str(patient_root), labels=str(tmp_path / "labels.csv"), patient_column="case", label_column="dx")
+    with pytest.raises(DataError, match=r"P3: patient 'P3' has no images \(set on_error: skip"):
+        run(PatientFolders, tmp_path, **kw)
+    images, ctx = run(PatientFolders, tmp_path, on_error="skip", **kw)
+    assert sorted(images.table["patient_id"].unique()) == ["P1", "P2"]
+    reasons = sorted(s["reason"] for s in images.meta["skipped"])
+    assert reasons == ["patient 'P3' has no images", "patient folder 'P9' has no row in labels.csv"]
+    assert len(ctx.warnings) == 2
+
+
+def test_patient_folders_missing_labels(patient_root, tmp_path):
+    with pytest.raises(DataError, match=r"labels.csv: labels file not found"):
+        run(PatientFolders, tmp_path, root=str(patient_root))
+
+
+# -- the real data in ../shared/data ------------------------------------------------------------------
+def test_bccd_fields(shared_data, tmp_path):
+    images, _ = run(BCCDFields, tmp_path, path=str(shared_data / "bccd-fields"), limit=2)
+    t = images.table
+    assert t.groupby("split").size().to_dict() == {"test": 2, "train": 2, "val": 2}
+    assert images.meta["patients_are_images"] is True
+    assert images.meta["mask_spec"] == {"mode": "threshold", "cell": 64, "nucleus": 208}
+    row = t.iloc[0]
+    img, mask = images.read_image(row), images.read_mask(row)
+    assert img.shape == (480, 640, 3) and mask.shape == (480, 640)
+    assert (mask == 2).sum() > 500 and (mask == 1).sum() > 500  # one white cell, nucleus and cytoplasm
+    assert set(t["label"]) <= {"", "neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"}
+
+
+def test_bccd_full_listing_counts(shared_data, tmp_path):
+    images, _ = run(BCCDFields, tmp_path, path=str(shared_data / "bccd-fields"), validate="none")
+    assert images.table.groupby("split").size().to_dict() == {"test": 72, "train": 205, "val": 87}
+
+
+def test_wbc_crops(shared_data, tmp_path):
+    images, ctx = run(WBCCrops, tmp_path, path=str(shared_data / "wbc-crops"), limit=3)
+    t = images.table
+    assert t.groupby("site").size().to_dict() == {"cellavision": 3, "tecom": 3}
+    assert t["image_id"].iloc[0] == "cellavision/001"
+    for _, row in t.iterrows():
+        img, mask = images.read_image(row), images.read_mask(row)
+        assert img.shape[:2] == mask.shape and sorted(np.unique(mask)) == [0, 1, 2]
+    assert images.classes == ["neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"]
+    assert any("basophil (0)" in w for w in ctx.warnings)
+
+
+def test_wbc_crops_counts_and_rare_basophils(shared_data, tmp_path):
+    images, ctx = run(WBCCrops, tmp_path, path=str(shared_data / "wbc-crops"), validate="none")
+    counts = images.table.groupby("label").size().to_dict()
+    assert counts == {"basophil": 4, "eosinophil": 34, "lymphocyte": 90, "monocyte": 63, "neutrophil": 209}
+    assert ctx.warnings == ["too few images to learn or evaluate these classes reliably: basophil (4); "
+                            "consider classes: without them"]
+
+
+def test_shared_data_missing_is_clear(tmp_path):
+    with pytest.raises(DataError, match=r"the bccd-fields data set was not found here"):
+        make(BCCDFields, path=str(tmp_path / "nowhere")).fingerprint()
