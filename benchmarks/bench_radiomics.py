@@ -14,6 +14,7 @@ region, binWidth 25. Measured side by side in one process, interleaved over roun
 Usage::
 
     python benchmarks/bench_radiomics.py [--cells 96] [--size 96] [--rounds 3] [--workers 2]
+    python benchmarks/bench_radiomics.py --trap-only   # count what the force2D trap changes
 """
 
 from __future__ import annotations
@@ -118,6 +119,34 @@ def time_hemaflow(cells: CellSet, work: Path, executor) -> tuple[float, float, p
     return time.perf_counter() - t, time.process_time() - c, ft.table
 
 
+def trap_report(n: int) -> None:
+    """How many of the 102 features the force2D trap changes (plain 2-D image, force2D=True)."""
+    import SimpleITK as sitk
+
+    ex = direct_extractor()
+    changed: dict[str, set[str]] = {}
+    total: dict[str, set[str]] = {}
+    glszm_eq_glrlm = 0
+    for i in range(n):
+        grey = _CROPS[i].astype(np.float64) @ WEIGHTS
+        roi = (_MASKS[i] > 0).astype(np.uint8)
+        good = ex.execute(sitk.GetImageFromArray(grey[None]), sitk.GetImageFromArray(roi[None]))
+        trap = ex.execute(sitk.GetImageFromArray(grey), sitk.GetImageFromArray(roi))
+        for k, v in good.items():
+            cls = k.split("_")[1]
+            total.setdefault(cls, set()).add(k)
+            if k not in trap or not np.isclose(float(trap[k]), float(v), rtol=1e-6, atol=1e-12):
+                changed.setdefault(cls, set()).add(k)
+        glszm_eq_glrlm += bool(np.isclose(float(trap["original_glszm_SmallAreaEmphasis"]),
+                                          float(trap["original_glrlm_ShortRunEmphasis"]), rtol=1e-12))
+    n_changed = sum(len(v) for v in changed.values())
+    n_total = sum(len(v) for v in total.values())
+    print(f"force2D trap (plain 2-D image, force2D=True) on {n} cells: {n_changed} of {n_total} features differ "
+          f"from the (1, H, W) extraction; per class: "
+          + ", ".join(f"{c} {len(changed.get(c, ()))}/{len(t)}" for c, t in total.items())
+          + f"; trap GLSZM SmallAreaEmphasis == GLRLM ShortRunEmphasis in {glszm_eq_glrlm}/{n} cells")
+
+
 def main() -> None:
     global _CROPS, _MASKS
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -125,9 +154,13 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=96)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--trap-only", action="store_true", help="only count the features the force2D trap changes")
     args = ap.parse_args()
 
     _CROPS, _MASKS = load_cells(args.cells, args.size)
+    if args.trap_only:
+        trap_report(min(16, len(_CROPS)))
+        return
     n = len(_CROPS)
     tmp = Path(tempfile.mkdtemp(prefix="bench_radiomics_"))
     table = pd.DataFrame({"cell_id": [f"c{i}:0" for i in range(n)], "image_id": [f"c{i}" for i in range(n)],
