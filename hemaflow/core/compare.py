@@ -178,16 +178,16 @@ def fmt_value(v: Any) -> str:
 def _fmt_metric(v: float | None, metric: str) -> str:
     if v is None:
         return "–"
-    if metric == "n" and float(v).is_integer():
-        return str(int(v))
+    if isinstance(v, int):  # counts stay counts
+        return str(v)
     return f"{v:.4f}"
 
 
 def _fmt_delta(d: float | None, metric: str) -> str:
     if d is None:
         return ""
-    if metric == "n" and float(d).is_integer():
-        return f"{int(d):+d}"
+    if isinstance(d, int):
+        return f"{d:+d}"
     return f"{d:+.4f}"
 
 
