@@ -77,6 +77,24 @@ class ImageSet(TableArtifact):
             return None
         return io.read_mask(self.resolve(mp), self.meta.get("mask_spec"))
 
+    def derive(self, path: Path | str, table: pd.DataFrame, **meta: Any) -> "ImageSet":
+        """A new ImageSet at ``path`` that keeps this one's metadata (classes, mask spec, cell
+        truth) and whose rows may still point at this set's files (made absolute here).
+
+        Use it in components that write new images (normalizers): give the new rows with
+        ``path`` relative to ``path``; ``mask_path`` values still relative to this set are
+        resolved to absolute paths.
+        """
+        table = table.copy()
+        if "mask_path" in table.columns:
+            table["mask_path"] = [str(self.resolve(m)) if isinstance(m, str) and m else m
+                                  for m in table["mask_path"]]
+        new_meta = dict(self.meta)
+        if new_meta.get("cell_truth"):
+            new_meta["cell_truth"] = str(self.resolve(new_meta["cell_truth"]))
+        new_meta.update(meta)
+        return ImageSet(path, table, new_meta)
+
     def cell_truth(self) -> pd.DataFrame | None:
         """Ground truth per cell where the data set knows it (synthetic data), else None.
 

@@ -41,12 +41,9 @@ class GreyWorld(Component):
             out = np.clip(np.round(img * gain), 0, 255).astype(np.uint8)
             rel = f"files/{row['image_id']}.png"
             write_png(out_dir / rel, out)
-            new = row.to_dict()
-            new["path"] = rel
-            if "mask_path" in new and isinstance(new["mask_path"], str) and new["mask_path"]:
-                new["mask_path"] = str(images.resolve(new["mask_path"]))
-            rows.append(new)
-        return {"images": ImageSet(out_dir, pd.DataFrame(rows), dict(images.meta)).save()}
+            rows.append(dict(row.to_dict(), path=rel))
+        # derive() keeps classes, mask spec and cell truth, pointing at the original files
+        return {"images": images.derive(out_dir, pd.DataFrame(rows)).save()}
 
 
 class ColourStats(Component):
