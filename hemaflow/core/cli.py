@@ -241,6 +241,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # pragma: no cover - e.g. `hemaflow schema | head`
         return 0
+    except Exception as exc:  # a bug in hemaflow itself: say so plainly
+        if debug:
+            raise
+        print(f"internal error: {type(exc).__name__}: {exc}\n  this is a bug in hemaflow; rerun with --debug "
+              f"for the traceback and report it", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":  # pragma: no cover
