@@ -1,1 +1,761 @@
-"""Built-in mil components (work in progress)."""
+"""Multiple-instance learning: one bag of instances per patient, one diagnosis per patient.
+
+Pipeline position::
+
+    cells (CellSet) ──> instance_encoder (FeatureTable, per fold) ─┐
+    cells ──> radiomics (FeatureTable) ────────────────────────────┼─> <aggregator> ─> Predictions
+    split (Split) ─────────────────────────────────────────────────┘      (level patient)
+
+Every aggregator is a component of kind ``mil`` sharing :class:`MILComponent`: it joins the
+instance tables on ``cell_id``, builds one bag per patient (all instances of all that patient's
+images, never mixing patients), and for every fold of the Split trains on the fold's ``train``
+patients (a random subset of at most ``max_instances`` per bag and epoch), stops early on the
+fold's ``val`` patients and predicts the fold's ``test`` patients with all their instances.
+
+Aggregators (``uses:``): ``mean_mil``, ``max_mil``, ``attention_mil`` (Ilse et al. 2018),
+``gated_attention_mil`` (Ilse et al. 2018, gated), ``transformer_mil`` (TransMIL-style, small)
+and ``majority_vote_mil`` (the original code's sub-bags with a majority vote).
+
+Outputs: ``predictions`` (Predictions, level ``patient``), ``model`` (Model: one safetensors
+file per fold plus the fold's scaler), ``attention`` (Table: one row per test instance with its
+score; scores of a bag sum to one) and ``metrics`` (Metrics section ``mil``: bags, empty bags
+and, when the instances carry generator ground truth, precision@k of the top-attention cells).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hemaflow.core.artifacts import Metrics, Model, Predictions, TableArtifact
+from hemaflow.core.component import Component, RunContext
+from hemaflow.core.errors import DataError
+from hemaflow.core.markers import hookimpl
+
+ID_COLUMNS = ("cell_id", "image_id", "patient_id", "label")
+NORMAL_TRUTH = {"normal", "", "nan", "none"}
+
+
+# -- instances and bags ----------------------------------------------------------------------
+@dataclass
+class Instances:
+    """The instance table of a MIL step, with a way to get a fold's feature matrix.
+
+    ``table`` has one row per instance: ``cell_id, image_id, patient_id, label`` plus
+    ``centroid_y, centroid_x``, ``crop_index`` and ``truth`` where known. ``blocks`` are the
+    feature sources: (name, per-fold or fold-independent matrix aligned with ``table``).
+    """
+
+    table: pd.DataFrame
+    blocks: list[tuple[str, dict[int, np.ndarray] | np.ndarray]]
+    classes: list[str]
+
+    def matrix(self, fold: int) -> np.ndarray:
+        parts = []
+        for name, block in self.blocks:
+            if isinstance(block, dict):
+                if fold not in block:
+                    raise DataError(name, f"has no rows for fold {fold}; was it computed with the same split?")
+                parts.append(block[fold])
+            else:
+                parts.append(block)
+        return np.concatenate(parts, axis=1).astype(np.float32) if parts else np.zeros((len(self.table), 0), np.float32)
+
+    @property
+    def dim(self) -> int:
+        return sum((next(iter(b.values())) if isinstance(b, dict) else b).shape[1] for _, b in self.blocks)
+
+
+def _feature_columns(ft: TableArtifact) -> list[str]:
+    cols = list(ft.meta.get("feature_columns") or [])
+    if not cols:
+        skip = set(ID_COLUMNS) | {"fold", "crop_index", "truth", "centroid_y", "centroid_x", "area", "cell_type"}
+        cols = [c for c in ft.table.columns if c not in skip and pd.api.types.is_numeric_dtype(ft.table[c])]
+    return cols
+
+
+def _by_cell(t: pd.DataFrame) -> pd.DataFrame:
+    t = t.drop_duplicates("cell_id")
+    return t.set_axis(pd.Index([str(v) for v in t["cell_id"]]), axis=0)
+
+
+def _aligned(ft: TableArtifact, ids: pd.Index, name: str) -> dict[int, np.ndarray] | np.ndarray:
+    """Return ``ft``'s features aligned with ``ids`` (NaN rows where a cell is missing)."""
+    t = ft.table
+    if "cell_id" not in t.columns:
+        raise DataError(ft.path, f"{name} has no cell_id column; MIL needs one row per instance")
+    cols = _feature_columns(ft)
+    if not cols:
+        raise DataError(ft.path, f"{name} has no feature columns")
+    if "fold" in t.columns and t["fold"].nunique() > 0 and (t["fold"] >= 0).any():
+        out = {}
+        for fold, sub in t.groupby("fold"):
+            out[int(fold)] = _by_cell(sub).reindex(ids)[cols].to_numpy(np.float32)
+        return out
+    return _by_cell(t).reindex(ids)[cols].to_numpy(np.float32)
+
+
+def build_instances(*, embeddings: TableArtifact | None = None, features: TableArtifact | None = None,
+                    cells: TableArtifact | None = None) -> Instances:
+    """Join the instance sources on ``cell_id``.
+
+    The instance universe is the embeddings' cells, else the features' cells. Metadata
+    (centroid, crop index, generator truth) comes from ``cells`` where given. A cell missing
+    from ``features`` keeps NaN features (imputed with the fold's training mean later).
+    """
+    base = embeddings if embeddings is not None else features
+    if base is None:
+        raise DataError("<recipe>", "a MIL step needs an `embeddings` or a `features` input (instance features)")
+    bt = base.table
+    if "cell_id" not in bt.columns:
+        raise DataError(base.path, "has no cell_id column; MIL needs one row per instance")
+    table = bt.drop_duplicates("cell_id")[[c for c in ID_COLUMNS if c in bt.columns]].copy()
+    table["cell_id"] = table["cell_id"].astype(str)
+    table["patient_id"] = table["patient_id"].astype(str)
+    table = table.reset_index(drop=True)
+    extra = ["centroid_y", "centroid_x", "crop_index", "truth", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"]
+    if cells is not None:
+        ct = cells.table.copy()
+        ct["cell_id"] = ct["cell_id"].astype(str)
+        cols = [c for c in extra if c in ct.columns]
+        table = table.merge(ct[["cell_id", *cols]], on="cell_id", how="left")
+    else:
+        for c in extra:
+            if c in bt.columns:
+                table[c] = bt.drop_duplicates("cell_id")[c].to_numpy()
+    ids = pd.Index(table["cell_id"])
+    blocks: list[tuple[str, Any]] = []
+    if embeddings is not None:
+        blocks.append(("embeddings", _aligned(embeddings, ids, "embeddings")))
+    if features is not None:
+        blocks.append(("features", _aligned(features, ids, "features")))
+    classes = []
+    for src in (embeddings, features, cells):
+        if src is not None and src.meta.get("classes"):
+            classes = list(src.meta["classes"])
+            break
+    if not classes:
+        classes = sorted(str(v) for v in table["label"].dropna().unique() if str(v) != "")
+    return Instances(table, blocks, classes)
+
+
+def make_bags(table: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Return patient_id -> row indices of that patient's instances (all of its images)."""
+    return {str(pid): np.asarray(idx, dtype=np.int64)
+            for pid, idx in table.groupby(table["patient_id"].astype(str), sort=True).indices.items()}
+
+
+def patient_labels(table: pd.DataFrame, path: object = "<instances>") -> dict[str, str]:
+    """Return patient_id -> label; a patient with two labels is a DataError."""
+    lab = table.groupby(table["patient_id"].astype(str))["label"].agg(lambda s: sorted(set(map(str, s))))
+    bad = {p: v for p, v in lab.items() if len(v) != 1}
+    if bad:
+        p, v = next(iter(bad.items()))
+        raise DataError(path, f"patient {p!r} has instances with different labels {v}; a bag needs one label")
+    return {p: v[0] for p, v in lab.items()}
+
+
+def sample_bag(idx: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarray:
+    """Return at most ``cap`` instances of a bag, drawn without replacement (training only)."""
+    if cap <= 0 or len(idx) <= cap:
+        return idx
+    return np.sort(rng.choice(idx, size=cap, replace=False))
+
+
+def fit_scaler(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std per column ignoring NaN (fitted on the fold's training instances only)."""
+    with np.errstate(all="ignore"):
+        mean = np.nanmean(x, axis=0) if len(x) else np.zeros(x.shape[1])
+        std = np.nanstd(x, axis=0) if len(x) else np.ones(x.shape[1])
+    mean = np.where(np.isfinite(mean), mean, 0.0)
+    std = np.where(np.isfinite(std) & (std > 1e-8), std, 1.0)
+    return mean.astype(np.float32), std.astype(np.float32)
+
+
+def apply_scaler(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    z = (x - mean) / std
+    z[~np.isfinite(z)] = 0.0  # missing values take the training mean
+    return np.clip(z, -10, 10).astype(np.float32)
+
+
+def precision_at_k(scores: np.ndarray, abnormal: np.ndarray, k: int) -> float:
+    """Fraction of the ``k`` highest-scoring instances that are abnormal (k capped at bag size).
+
+    Ties at the cut are broken at random in expectation, so uniform scores (mean pooling) give
+    the bag's abnormal fraction, not an artefact of instance order.
+    """
+    scores = np.asarray(scores, np.float64)
+    abnormal = np.asarray(abnormal, np.float64)
+    k = min(k, len(scores))
+    if k == 0:
+        return float("nan")
+    kth = np.sort(scores)[::-1][k - 1]
+    tol = 1e-9 + 1e-6 * abs(kth)
+    above = scores > kth + tol
+    tied = np.abs(scores - kth) <= tol
+    need = k - int(above.sum())
+    return float((abnormal[above].sum() + need * abnormal[tied].mean()) / k)
+
+
+# -- networks --------------------------------------------------------------------------------
+def _nets():
+    """Build the torch module classes lazily (torch is imported only when a MIL step runs)."""
+    import torch
+    from torch import nn
+    import torch.nn.functional as F
+
+    class MILNet(nn.Module):
+        """Shared base: instance projection -> pooling -> classifier.
+
+        ``forward(x)`` takes one bag ``x`` (n, d) and returns ``(logits (C,), scores (n,))``;
+        ``scores`` are non-negative and sum to one over the bag.
+        """
+
+        def __init__(self, in_dim: int, n_classes: int, hidden: int, dropout: float) -> None:
+            super().__init__()
+            self.project = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Dropout(dropout))
+            self.head = nn.Linear(hidden, n_classes)
+
+        def pool(self, h):  # pragma: no cover - abstract
+            raise NotImplementedError
+
+        def forward(self, x):
+            h = self.project(x)
+            z, scores = self.pool(h)
+            return self.head(z), scores
+
+    class MeanNet(MILNet):
+        def pool(self, h):
+            n = h.shape[0]
+            return h.mean(0), torch.full((n,), 1.0 / n, dtype=h.dtype)
+
+    class MaxNet(MILNet):
+        def pool(self, h):
+            z, arg = h.max(0)
+            # share of hidden units for which an instance is the maximum: sums to one
+            counts = torch.bincount(arg, minlength=h.shape[0]).to(h.dtype)
+            return z, counts / counts.sum()
+
+    class AttentionNet(MILNet):
+        """Ilse et al. 2018: a = softmax(w^T tanh(V h)) (gated: times sigm(U h))."""
+
+        def __init__(self, in_dim, n_classes, hidden, dropout, attention_dim: int = 64, gated: bool = False):
+            super().__init__(in_dim, n_classes, hidden, dropout)
+            self.V = nn.Linear(hidden, attention_dim)
+            self.U = nn.Linear(hidden, attention_dim) if gated else None
+            self.w = nn.Linear(attention_dim, 1)
+
+        def pool(self, h):
+            a = torch.tanh(self.V(h))
+            if self.U is not None:
+                a = a * torch.sigmoid(self.U(h))
+            a = torch.softmax(self.w(a).squeeze(-1), dim=0)
+            return a @ h, a
+
+    class TransformerNet(MILNet):
+        """TransMIL-style, small: self-attention layers over the bag (memory-efficient
+        scaled-dot-product attention, so 10,000 instances fit), then a class token that attends
+        to every instance; its attention (averaged over heads) is the instance score."""
+
+        def __init__(self, in_dim, n_classes, hidden, dropout, layers: int = 1, heads: int = 4):
+            super().__init__(in_dim, n_classes, hidden, dropout)
+            if hidden % heads:
+                raise ValueError(f"hidden ({hidden}) must be divisible by heads ({heads})")
+            self.heads = heads
+            self.blocks = nn.ModuleList()
+            for _ in range(layers):
+                self.blocks.append(nn.ModuleDict({
+                    "norm1": nn.LayerNorm(hidden), "qkv": nn.Linear(hidden, 3 * hidden),
+                    "out": nn.Linear(hidden, hidden), "norm2": nn.LayerNorm(hidden),
+                    "mlp": nn.Sequential(nn.Linear(hidden, 2 * hidden), nn.GELU(), nn.Linear(2 * hidden, hidden)),
+                }))
+            self.cls = nn.Parameter(torch.zeros(1, hidden))
+            self.norm = nn.LayerNorm(hidden)
+            self.q = nn.Linear(hidden, hidden)
+            self.kv = nn.Linear(hidden, 2 * hidden)
+
+        def pool(self, h):
+            n, d = h.shape
+            hd = d // self.heads
+            for blk in self.blocks:
+                y = blk["norm1"](h)
+                q, k, v = blk["qkv"](y).view(n, 3, self.heads, hd).permute(1, 2, 0, 3)
+                y = F.scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0))[0]
+                h = h + blk["out"](y.permute(1, 0, 2).reshape(n, d))
+                h = h + blk["mlp"](blk["norm2"](h))
+            y = self.norm(h)
+            q = self.q(self.cls).view(self.heads, 1, hd)
+            k, v = self.kv(y).view(n, 2, self.heads, hd).permute(1, 2, 0, 3)
+            att = torch.softmax((q @ k.transpose(1, 2)) / math.sqrt(hd), dim=-1)  # (heads, 1, n)
+            z = (att @ v).reshape(d)
+            return z + self.cls[0], att.mean(0)[0]
+
+    return {"MILNet": MILNet, "mean": MeanNet, "max": MaxNet, "attention": AttentionNet,
+            "transformer": TransformerNet}
+
+
+def build_net(aggregator: str, in_dim: int, n_classes: int, params: dict[str, Any]):
+    """Return the torch module for ``aggregator`` (``mean``, ``max``, ``attention``,
+    ``gated_attention``, ``transformer``, ``majority_vote``)."""
+    nets = _nets()
+    hidden, dropout = int(params.get("hidden", 128)), float(params.get("dropout", 0.25))
+    if aggregator in ("mean", "majority_vote"):
+        return nets["mean"](in_dim, n_classes, hidden, dropout)
+    if aggregator == "max":
+        return nets["max"](in_dim, n_classes, hidden, dropout)
+    if aggregator in ("attention", "gated_attention"):
+        return nets["attention"](in_dim, n_classes, hidden, dropout,
+                                 attention_dim=int(params.get("attention_dim", 64)),
+                                 gated=aggregator == "gated_attention")
+    if aggregator == "transformer":
+        return nets["transformer"](in_dim, n_classes, hidden, dropout,
+                                   layers=int(params.get("layers", 1)), heads=int(params.get("heads", 4)))
+    raise ValueError(f"unknown aggregator {aggregator!r}")
+
+
+# -- training --------------------------------------------------------------------------------
+def _sub_bags(idx: np.ndarray, size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    perm = rng.permutation(idx)
+    n = max(1, math.ceil(len(perm) / size))
+    return [s for s in np.array_split(perm, n) if len(s)]
+
+
+def predict_bag(net, x, aggregator: str, params: dict[str, Any], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Return (class probabilities, instance scores summing to one) for one whole bag."""
+    import torch
+
+    net.eval()
+    with torch.no_grad():
+        if aggregator != "majority_vote":
+            logits, scores = net(torch.from_numpy(x))
+            return torch.softmax(logits, -1).numpy().astype(np.float64), scores.numpy().astype(np.float64)
+        size = int(params.get("sub_bag_size", 8))
+        subs = _sub_bags(np.arange(len(x)), size, rng)
+        probs = np.stack([torch.softmax(net(torch.from_numpy(x[s]))[0], -1).numpy() for s in subs])
+        votes = np.bincount(probs.argmax(1), minlength=probs.shape[1]).astype(np.float64)
+        # vote shares; mean probabilities break ties (and keep AUROC informative)
+        p = votes / votes.sum() + 1e-3 * probs.mean(0)
+        p = p / p.sum()
+        winner = int(p.argmax())
+        scores = np.zeros(len(x))
+        for s, pr in zip(subs, probs):
+            scores[s] = pr[winner] / len(s)
+        scores = scores / scores.sum() if scores.sum() > 0 else np.full(len(x), 1.0 / len(x))
+        return p, scores
+
+
+class BagDataset:
+    """Training/validation items for :func:`hemaflow.plugins.training.fit`: one bag per patient.
+
+    Item ``i`` is ``{"x": (n, d) tensor, "y": class index}``. With ``cap`` > 0 a larger bag gives
+    a fresh random subset of ``cap`` instances on every access (so every epoch sees a different
+    subset); with ``sub_bag_size`` > 0 each patient contributes ``ceil(n / size)`` items, each a
+    random sub-bag of that size with the patient's label (the majority-vote baseline).
+    """
+
+    def __init__(self, x, bags: dict[str, np.ndarray], labels: dict[str, int], patients: list[str],
+                 rng: np.random.Generator, cap: int = 0, sub_bag_size: int = 0) -> None:
+        self.x, self.bags, self.rng, self.cap, self.sub = x, bags, rng, cap, sub_bag_size
+        self.items = []
+        for p in patients:
+            reps = max(1, math.ceil(len(bags[p]) / sub_bag_size)) if sub_bag_size else 1
+            self.items += [p] * reps
+        self._labels = np.array([labels[p] for p in self.items], dtype=int)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self._labels
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        idx = self.bags[self.items[i]]
+        if self.sub:
+            idx = idx if len(idx) <= self.sub else np.sort(self.rng.choice(idx, size=self.sub, replace=False))
+        else:
+            idx = sample_bag(idx, self.cap, self.rng)
+        return {"x": self.x[idx], "y": int(self._labels[i])}
+
+
+def collate_bags(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """Keep variable-size bags as a list (no padding): ``{"x": [tensor], "y": LongTensor}``."""
+    import torch
+
+    return {"x": [it["x"] for it in items], "y": torch.tensor([it["y"] for it in items], dtype=torch.long)}
+
+
+def forward_bags(net, batch: dict[str, Any]):
+    """Logits (B, C) of a batch of bags (each bag through the network on its own)."""
+    import torch
+
+    return torch.stack([net(x)[0] for x in batch["x"]])
+
+
+def train_fold(net, x: np.ndarray, bags: dict[str, np.ndarray], labels: dict[str, int], train: list[str],
+               val: list[str], aggregator: str, params: dict[str, Any], rng: np.random.Generator,
+               ctx: RunContext | None = None, classes: list[str] | None = None, name: str = "fold0",
+               seed: int | None = None) -> dict[str, Any]:
+    """Train ``net`` on the ``train`` bags with the project's one training loop
+    (:func:`hemaflow.plugins.training.fit`: AdamW, warm-up + cosine, class weighting, early
+    stopping and checkpoint selection on the ``val`` bags only); load the selected weights.
+
+    Returns ``{"history", "best_epoch", "epochs_run", "best_loss"}``.
+    """
+    import torch
+
+    from hemaflow.plugins.training import fit, train_config
+
+    xt = torch.from_numpy(np.ascontiguousarray(x))
+    sub = int(params.get("sub_bag_size", 0)) if aggregator == "majority_vote" else 0
+    train_ds = BagDataset(xt, bags, labels, train, rng, cap=int(params["max_instances"]), sub_bag_size=sub)
+    val_ds = BagDataset(xt, bags, labels, val, rng) if val else None
+    cfg = train_config(params, amp=False, num_workers=0)
+    res = fit(net, train_ds, val_ds, forward=forward_bags, config=cfg, ctx=ctx, classes=classes,
+              collate_fn=collate_bags, name=name, seed=seed, device="cpu")
+    net.load_state_dict(res.best_state_dict)
+    best = res.history[res.best_epoch - 1]
+    return {"history": res.history, "best_epoch": res.best_epoch, "epochs_run": len(res.history),
+            "best_loss": float(best.get("val_loss", best["train_loss"]))}
+
+
+# -- components ------------------------------------------------------------------------------
+def _train_properties() -> dict[str, Any]:
+    """The shared training loop's options (hemaflow.plugins.training.TRAIN_SCHEMA) that apply
+    to bags, with MIL defaults (``batch_size`` counts bags)."""
+    import copy
+
+    from hemaflow.plugins.training import TRAIN_SCHEMA
+
+    keep = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "schedule", "label_smoothing",
+            "class_weighting", "patience", "select_metric", "grad_clip")
+    props = {k: copy.deepcopy(TRAIN_SCHEMA[k]) for k in keep}
+    for k, v in {"epochs": 40, "batch_size": 1, "lr": 0.0005, "weight_decay": 0.0001, "patience": 10,
+                 "select_metric": "loss"}.items():
+        props[k]["default"] = v
+    props["batch_size"]["description"] = "bags per optimizer step (bags keep their own size; no padding)"
+    props["epochs"]["maximum"] = 1000
+    return props
+
+
+COMMON_PROPERTIES: dict[str, Any] = {
+    **_train_properties(),
+    "hidden": {"type": "integer", "minimum": 4, "maximum": 4096, "default": 128,
+               "description": "width of the instance projection (and of the pooled bag vector)"},
+    "dropout": {"type": "number", "minimum": 0, "maximum": 0.9, "default": 0.25,
+                "description": "dropout after the instance projection"},
+    "max_instances": {"type": "integer", "minimum": 0, "default": 512,
+                      "description": "training only: a larger bag contributes a fresh random subset of this "
+                                     "many instances each epoch (0: no cap); inference always uses all instances"},
+    "standardize": {"type": "boolean", "default": True,
+                    "description": "standardize instance features with mean/std of the fold's training "
+                                   "instances (missing values take the training mean)"},
+    "top_k": {"type": "integer", "minimum": 1, "default": 5,
+              "description": "cells per patient shown in the gallery (top-k and bottom-k by score) and the k "
+                             "of precision@k against generator ground truth"},
+    "gallery_patients": {"type": "integer", "minimum": 0, "default": 6,
+                         "description": "patients shown in the attention gallery of the report"},
+}
+
+
+def _schema(extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"type": "object", "properties": {**COMMON_PROPERTIES, **(extra or {})}, "additionalProperties": False}
+
+
+class MILComponent(Component):
+    """Base of all MIL aggregators: bags, per-fold training, predictions, attention, report.
+
+    Subclasses set ``aggregator`` (see :func:`build_net`) and possibly extra schema keys.
+
+    Example::
+
+        steps:
+          mil:
+            uses: gated_attention_mil
+            inputs: {embeddings: encode, features: radiomics, cells: cells, split: split}
+            with: {epochs: 40}
+    """
+
+    kind = "mil"
+    version = "1"
+    aggregator: str = ""
+    schema = _schema()
+    inputs = {"split": "Split", "embeddings": "FeatureTable?", "features": "FeatureTable?", "cells": "CellSet?"}
+    outputs = {"predictions": "Predictions", "model": "Model", "attention": "Table", "metrics": "Metrics"}
+
+    def run(self, ctx: RunContext, split, embeddings=None, features=None, cells=None) -> dict[str, Any]:
+        import torch
+
+        # bags are small matrices: one thread is faster than several fighting over 2 busy cores
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return self._run(ctx, split, embeddings, features, cells)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self, ctx: RunContext, split, embeddings, features, cells) -> dict[str, Any]:
+        import torch
+        from safetensors.torch import save_file
+
+        p = self.params
+        inst = build_instances(embeddings=embeddings, features=features, cells=cells)
+        table, classes = inst.table, inst.classes
+        if not classes:
+            raise DataError((embeddings or features).path, "instances carry no class labels")
+        labels_str = patient_labels(table, (embeddings or features).path)
+        unknown = sorted({v for v in labels_str.values() if v not in classes})
+        if unknown:
+            raise DataError((embeddings or features).path, f"labels {unknown} are not among the classes {classes}")
+        labels = {pid: classes.index(v) for pid, v in labels_str.items()}
+        bags = make_bags(table)
+        has_truth = "truth" in table.columns and table["truth"].notna().any()
+        abnormal = (~table["truth"].astype(str).str.lower().isin(NORMAL_TRUTH)).to_numpy() if has_truth else None
+
+        model_dir = ctx.out_dir("model")
+        pred_rows, att_rows, fold_info, empty = [], [], [], []
+        for fold in ctx.progress(split.folds(), description=f"{self.name} folds"):
+            parts = {part: sorted(split.patients(fold, part)) for part in ("train", "val", "test")}
+            missing = {part: [q for q in pats if q not in bags] for part, pats in parts.items()}
+            for part, pats in missing.items():
+                for q in pats:
+                    empty.append({"fold": fold, "patient_id": q, "partition": part})
+                    ctx.warn(f"fold {fold}: patient {q!r} ({part}) has no instances (empty bag); "
+                             f"{'excluded from predictions' if part == 'test' else 'not used for training'}")
+            train = [q for q in parts["train"] if q in bags]
+            val = [q for q in parts["val"] if q in bags]
+            test = [q for q in parts["test"] if q in bags]
+            if not train:
+                raise DataError(split.path, f"fold {fold} has no training patient with instances")
+            x = inst.matrix(fold)
+            mean = np.zeros(x.shape[1], np.float32)
+            std = np.ones(x.shape[1], np.float32)
+            if p["standardize"]:
+                tr_rows = np.concatenate([bags[q] for q in train])
+                mean, std = fit_scaler(x[tr_rows])
+            x = apply_scaler(x, mean, std)
+            torch.manual_seed(ctx.torch_seed("fold", fold))
+            net = build_net(self.aggregator, x.shape[1], len(classes), p)
+            rng = ctx.rng("train", fold)
+            info = train_fold(net, x, bags, labels, train, val, self.aggregator, p, rng, ctx=ctx, classes=classes,
+                              name=f"fold{fold}", seed=ctx.torch_seed("fit", fold))
+            save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(model_dir / f"fold{fold}.safetensors"))
+            np.savez(model_dir / f"fold{fold}_scaler.npz", mean=mean, std=std)
+            (model_dir / f"fold{fold}_history.json").write_text(json.dumps(info["history"]))
+            fold_prec = []
+            prng = ctx.rng("predict", fold)
+            for q in test:
+                probs, scores = predict_bag(net, x[bags[q]], self.aggregator, p, prng)
+                row = {"id": q, "level": "patient", "fold": int(fold), "y_true": classes[labels[q]],
+                       "y_pred": classes[int(np.argmax(probs))], "n_instances": len(bags[q])}
+                row.update({f"prob_{c}": float(v) for c, v in zip(classes, probs)})
+                pred_rows.append(row)
+                sub = table.iloc[bags[q]]
+                order = np.argsort(-scores, kind="stable")
+                rank = np.empty(len(order), np.int64)
+                rank[order] = np.arange(1, len(order) + 1)
+                att = pd.DataFrame({"patient_id": q, "cell_id": sub["cell_id"].to_numpy(),
+                                    "image_id": sub["image_id"].to_numpy(), "fold": int(fold),
+                                    "score": scores, "rank": rank})
+                for c in ("centroid_y", "centroid_x", "crop_index", "truth"):
+                    if c in sub.columns:
+                        att[c] = sub[c].to_numpy()
+                att_rows.append(att)
+                if abnormal is not None and abnormal[bags[q]].any():
+                    fold_prec.append(precision_at_k(scores, abnormal[bags[q]], int(p["top_k"])))
+            fold_info.append({"fold": int(fold), "train": len(train), "val": len(val), "test": len(test),
+                              "epochs_run": info["epochs_run"], "best_loss": info["best_loss"],
+                              **({"precision_at_k": float(np.mean(fold_prec))} if fold_prec else {})})
+            ctx.log(f"fold {fold}: {info['epochs_run']} epochs, best loss {info['best_loss']:.3f}")
+
+        pred_df = pd.DataFrame(pred_rows)
+        if pred_df.empty:
+            pred_df = pd.DataFrame(columns=["id", "level", "fold", "y_true", "y_pred", *[f"prob_{c}" for c in classes]])
+        preds = Predictions(ctx.out_dir("predictions"), pred_df,
+                            {"classes": classes, "source": self.name, "level": "patient"}).save()
+        att_df = pd.concat(att_rows, ignore_index=True) if att_rows else pd.DataFrame(
+            columns=["patient_id", "cell_id", "image_id", "fold", "score", "rank"])
+        attention = TableArtifact(ctx.out_dir("attention"), att_df, {"source": self.name}).save()
+        mil_metrics = self._metrics(table, bags, att_df, abnormal, empty, fold_info, classes)
+        metrics = Metrics(ctx.out_dir("metrics"), {"mil": mil_metrics}).save()
+        model = Model(model_dir, {"aggregator": self.aggregator, "component": self.name, "classes": classes,
+                                  "in_dim": inst.dim, "blocks": [b for b, _ in inst.blocks],
+                                  "params": dict(p), "folds": [f["fold"] for f in fold_info],
+                                  "empty_bags": empty}).save()
+        self._report(ctx, cells, att_df, pred_df, mil_metrics)
+        return {"predictions": preds, "model": model, "attention": attention, "metrics": metrics}
+
+    def _metrics(self, table, bags, att_df, abnormal, empty, fold_info, classes) -> dict[str, Any]:
+        sizes = np.array([len(v) for v in bags.values()]) if bags else np.zeros(0)
+        out: dict[str, Any] = {
+            "aggregator": self.name, "n_bags": int(len(bags)), "n_instances": int(len(table)),
+            "bag_size_min": int(sizes.min()) if len(sizes) else 0,
+            "bag_size_median": float(np.median(sizes)) if len(sizes) else 0.0,
+            "bag_size_max": int(sizes.max()) if len(sizes) else 0,
+            "empty_bags": sorted({e["patient_id"] for e in empty}),
+            "folds": fold_info,
+        }
+        if abnormal is not None and len(att_df):
+            k = int(self.params["top_k"])
+            ab = dict(zip(table["cell_id"], abnormal))
+            precs, base = [], []
+            for _, g in att_df.groupby("patient_id"):
+                a = g["cell_id"].map(ab).to_numpy(bool)
+                if a.any():
+                    precs.append(precision_at_k(g["score"].to_numpy(), a, k))
+                    base.append(float(a.mean()))
+            if precs:
+                out.update({"k": k, "precision_at_k": float(np.mean(precs)),
+                            "abnormal_fraction": float(np.mean(base)), "n_patients_with_abnormal": len(precs)})
+        return out
+
+    def _report(self, ctx, cells, att_df, pred_df, m) -> None:
+        section = "MIL"
+        rows = [{"fold": f["fold"], "train": f["train"], "val": f["val"], "test": f["test"],
+                 "epochs": f["epochs_run"], "best loss": round(f["best_loss"], 4),
+                 **({"precision@k": round(f["precision_at_k"], 3)} if "precision_at_k" in f else {})}
+                for f in m["folds"]]
+        ctx.report.table(f"{self.name}: folds", rows, section=section)
+        if "precision_at_k" in m:
+            ctx.report.text("Top-attention cells vs generator ground truth",
+                            f"precision@{m['k']} of the highest-scored cells against the generator's abnormal "
+                            f"cells: {m['precision_at_k']:.3f} over {m['n_patients_with_abnormal']} test patients "
+                            f"(chance level, the abnormal fraction of those bags: {m['abnormal_fraction']:.3f}).",
+                            section=section)
+        if m["empty_bags"]:
+            ctx.report.text("Empty bags", "patients without any instance (no prediction): "
+                            + ", ".join(m["empty_bags"]), section=section)
+        n_show = int(self.params["gallery_patients"])
+        if cells is None or n_show == 0 or att_df.empty or "crop_index" not in att_df.columns:
+            return
+        from hemaflow.plugins.io import png_bytes
+
+        crops = cells.crops
+        k = int(self.params["top_k"])
+        shown = pred_df.sort_values(["y_true", "id"]).groupby("y_true", sort=True).head(max(1, n_show // max(1, pred_df["y_true"].nunique())))
+        for _, pr in shown.head(n_show).iterrows():
+            g = att_df[att_df["patient_id"] == pr["id"]].sort_values("rank")
+            picks = [("top", r) for _, r in g.head(k).iterrows()]
+            if len(g) > k:
+                picks += [("bottom", r) for _, r in g.tail(min(k, len(g) - k)).iterrows()]
+            images = []
+            for tag, r in picks:
+                if pd.isna(r.get("crop_index")):
+                    continue
+                cap = f"{tag} #{int(r['rank'])} {r['score']:.3f} {r['image_id']}"
+                if "centroid_y" in r and pd.notna(r["centroid_y"]):
+                    cap += f" (y={int(r['centroid_y'])}, x={int(r['centroid_x'])})"
+                if "truth" in r and pd.notna(r["truth"]):
+                    cap += f" [{r['truth']}]"
+                images.append((cap, png_bytes(np.asarray(crops[int(r["crop_index"])]))))
+            if images:
+                ctx.report.gallery(f"patient {pr['id']}: true {pr['y_true']}, predicted {pr['y_pred']} "
+                                   f"(top-{k} and bottom-{k} cells by score)", images, section=section)
+
+
+class MeanMIL(MILComponent):
+    """Mean pooling of the projected instances (every instance scores 1/n)."""
+
+    name = "mean_mil"
+    aggregator = "mean"
+
+
+class MaxMIL(MILComponent):
+    """Max pooling per hidden unit; an instance's score is its share of the maxima."""
+
+    name = "max_mil"
+    aggregator = "max"
+
+
+_ATT = {"attention_dim": {"type": "integer", "minimum": 1, "maximum": 1024, "default": 64,
+                          "description": "width of the attention network (V, U in Ilse et al. 2018)"}}
+
+
+class AttentionMIL(MILComponent):
+    """Attention-based MIL pooling (Ilse, Tomczak, Welling, ICML 2018)."""
+
+    name = "attention_mil"
+    aggregator = "attention"
+    schema = _schema(_ATT)
+
+
+class GatedAttentionMIL(MILComponent):
+    """Gated attention MIL pooling (Ilse et al. 2018): tanh(Vh) * sigmoid(Uh)."""
+
+    name = "gated_attention_mil"
+    aggregator = "gated_attention"
+    schema = _schema(_ATT)
+
+
+class TransformerMIL(MILComponent):
+    """Small TransMIL-style aggregator: self-attention over the bag, class-token pooling."""
+
+    name = "transformer_mil"
+    aggregator = "transformer"
+    schema = _schema({
+        "layers": {"type": "integer", "minimum": 0, "maximum": 8, "default": 1,
+                   "description": "self-attention layers before the class-token pooling"},
+        "heads": {"type": "integer", "minimum": 1, "maximum": 16, "default": 4,
+                  "description": "attention heads (must divide hidden)"},
+    })
+
+
+class MajorityVoteMIL(MILComponent):
+    """The original code's baseline: random sub-bags of fixed size, each classified by a
+    mean-pooling network with the patient's label; the patient gets the majority vote."""
+
+    name = "majority_vote_mil"
+    aggregator = "majority_vote"
+    schema = _schema({
+        "sub_bag_size": {"type": "integer", "minimum": 1, "default": 8,
+                         "description": "instances per sub-bag (training and inference)"},
+    })
+
+
+def defaults_for(aggregator: str, **overrides: Any) -> dict[str, Any]:
+    """Validated parameters (schema defaults + ``overrides``) of the component for ``aggregator``."""
+    import copy
+
+    from hemaflow.core.schema import fill_defaults
+
+    cls = next(c for c in COMPONENTS if c.aggregator == aggregator)
+    allowed = cls.schema["properties"]
+    return fill_defaults(cls.schema, {k: copy.deepcopy(v) for k, v in overrides.items() if k in allowed})
+
+
+COMPONENTS = (MeanMIL, MaxMIL, AttentionMIL, GatedAttentionMIL, TransformerMIL, MajorityVoteMIL)
+
+
+@hookimpl
+def register_mil_models(register: Any) -> None:
+    for cls in COMPONENTS:
+        register(cls)
+    from hemaflow.plugins import pretrain
+
+    for cls in pretrain.COMPONENTS:
+        if cls.kind == "mil":
+            register(cls)
+
+
+@hookimpl
+def register_cell_extractors(register: Any) -> None:
+    # instances.py is not (yet) in DEFAULT_PLUGINS; registering its components here keeps them
+    # available. Registering the same class twice is harmless.
+    from hemaflow.plugins import instances
+
+    for cls in instances.COMPONENTS:
+        register(cls)
+
+
+@hookimpl
+def register_feature_extractors(register: Any) -> None:
+    from hemaflow.plugins import pretrain
+
+    for cls in pretrain.COMPONENTS:
+        if cls.kind == "features":
+            register(cls)

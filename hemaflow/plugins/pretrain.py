@@ -1,0 +1,322 @@
+"""Instance encoders for MIL, with pre-training that needs no external weights.
+
+``instance_encoder`` (kind ``features``) turns every cell crop of a CellSet into an embedding
+with a timm backbone. Pretrained weights are rarely at hand in a hospital network, so the
+backbone can be pre-trained *inside each training fold only*:
+
+* ``pretrain: weak`` — weakly supervised: every cell inherits its patient's label; a linear head
+  on the backbone is trained with cross-entropy on the fold's training patients' cells and the
+  epoch with the lowest loss on the fold's validation patients' cells is kept.
+* ``pretrain: simclr`` — self-supervised SimCLR-style contrastive learning (NT-Xent loss on two
+  augmented views of each crop) on the fold's training (and validation) cells; labels unused.
+* ``pretrain: none`` — the backbone as built (random init, or ``pretrained``: a local file).
+
+Test patients' cells are never seen during pre-training of the fold that predicts them, so the
+embeddings are per fold: the output FeatureTable has a ``fold`` column (``-1`` for ``none``,
+the same embeddings for every fold). The encoder checkpoints are saved in the ``model`` output;
+the step is cached, so every aggregator ablation downstream reuses them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hemaflow.core.artifacts import Model
+from hemaflow.core.component import Component, RunContext
+from hemaflow.core.errors import DataError
+from hemaflow.core.markers import hookimpl
+
+MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+STD = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+def create_backbone(name: str, pretrained: str | None = None):
+    """Return a timm backbone without classifier (``num_classes=0``); weights only from a
+    local file (``pretrained``), never downloaded."""
+    import timm
+    import torch
+
+    try:
+        model = timm.create_model(name, pretrained=False, num_classes=0)
+    except RuntimeError as exc:  # unknown model name
+        raise DataError("<recipe>", f"timm has no model {name!r} ({exc})") from None
+    if pretrained:
+        from pathlib import Path
+
+        path = Path(pretrained).expanduser()
+        if not path.exists():
+            raise DataError(path, "pretrained weights file not found; `pretrained` must be a local file "
+                                  "(.safetensors, .pth or .bin); nothing is downloaded")
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            if isinstance(state, dict) and "state_dict" in state:
+                state = state["state_dict"]
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if len(missing) > len(model.state_dict()) // 2:
+            raise DataError(path, f"weights do not fit {name!r}: {len(missing)} tensors missing")
+    return model
+
+
+def crops_to_tensor(crops: np.ndarray, size: int):
+    """uint8 (N,S,S,3) -> float tensor (N,3,size,size) normalized with ImageNet statistics."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(((np.asarray(crops, np.float32) / 255.0 - MEAN) / STD).transpose(0, 3, 1, 2).copy())
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x
+
+
+def augment(x, gen):
+    """Random flips, 90-degree rotations, resized crops and colour jitter on a batch (N,3,S,S)."""
+    import torch
+    import torch.nn.functional as F
+
+    n, _, s, _ = x.shape
+    flip = torch.rand(n, generator=gen) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    k = int(torch.randint(0, 4, (1,), generator=gen))
+    x = torch.rot90(x, k, dims=(-2, -1))
+    # random resized crop (scale 0.6-1) via an affine grid, per sample
+    scale = 0.6 + 0.4 * torch.rand(n, generator=gen)
+    shift = (1 - scale)[:, None] * (torch.rand(n, 2, generator=gen) * 2 - 1)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0] = scale
+    theta[:, 1, 1] = scale
+    theta[:, :, 2] = shift
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    # colour jitter: brightness/contrast per sample and a small per-channel shift (stain)
+    b = (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 0.6
+    c = 1 + (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 0.6
+    ch = (torch.rand(n, 3, 1, 1, generator=gen) - 0.5) * 0.3
+    m = x.mean(dim=(1, 2, 3), keepdim=True)
+    return (x - m) * c + m + b + ch
+
+
+def nt_xent(z1, z2, temperature: float):
+    """SimCLR's normalized temperature-scaled cross-entropy over 2N views."""
+    import torch
+    import torch.nn.functional as F
+
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    n = z1.shape[0]
+    sim = z @ z.t() / temperature
+    sim.fill_diagonal_(float("-inf"))
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)])
+    return F.cross_entropy(sim, target)
+
+
+def embed(backbone, crops: np.ndarray, size: int, batch_size: int) -> np.ndarray:
+    """Embeddings (N, D) of uint8 crops with the backbone in eval mode."""
+    import torch
+
+    backbone.eval()
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(crops), batch_size):
+            out.append(backbone(crops_to_tensor(crops[i:i + batch_size], size)).numpy())
+    dim = backbone.num_features
+    return np.concatenate(out).astype(np.float32) if out else np.zeros((0, dim), np.float32)
+
+
+def pretrain_fold(backbone, crops: np.ndarray, y: np.ndarray | None, val_crops: np.ndarray, val_y: np.ndarray | None,
+                  mode: str, params: dict[str, Any], seed: int, n_classes: int, log=None) -> dict[str, Any]:
+    """Pre-train ``backbone`` in place on one fold's training cells; return the history."""
+    import torch
+    from torch import nn
+    import torch.nn.functional as F
+
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    dim = backbone.num_features
+    if mode == "weak":
+        head = nn.Linear(dim, n_classes)
+    else:
+        head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, int(params["projection_dim"])))
+    params_ = list(backbone.parameters()) + list(head.parameters())
+    opt = torch.optim.AdamW(params_, lr=float(params["lr"]), weight_decay=1e-4)
+    size, bs = int(params["image_size"]), int(params["batch_size"])
+    cap = int(params["max_cells"])
+    epochs = int(params["epochs"])
+    history, best, best_loss = [], None, float("inf")
+    if mode == "weak":
+        counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+        weight = torch.tensor(np.where(counts > 0, len(y) / (n_classes * np.maximum(counts, 1)), 0.0), dtype=torch.float32)
+    for epoch in range(epochs):
+        backbone.train()
+        head.train()
+        idx = rng.permutation(len(crops))
+        if cap and len(idx) > cap:
+            idx = idx[:cap]
+        total, nb = 0.0, 0
+        for i in range(0, len(idx), bs):
+            b = np.sort(idx[i:i + bs])
+            if len(b) < 2:
+                continue
+            x = crops_to_tensor(crops[b], size)
+            if mode == "weak":
+                loss = F.cross_entropy(head(backbone(augment(x, gen))), torch.from_numpy(y[b]).long(), weight=weight)
+            else:
+                loss = nt_xent(head(backbone(augment(x, gen))), head(backbone(augment(x, gen))),
+                               float(params["temperature"]))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            total += float(loss)
+            nb += 1
+        rec = {"epoch": epoch, "train_loss": total / max(1, nb)}
+        if mode == "weak" and val_y is not None and len(val_crops):
+            backbone.eval()
+            head.eval()
+            with torch.no_grad():
+                vl, vn = 0.0, 0
+                for i in range(0, len(val_crops), bs):
+                    x = crops_to_tensor(val_crops[i:i + bs], size)
+                    vl += float(F.cross_entropy(head(backbone(x)), torch.from_numpy(val_y[i:i + bs]).long(),
+                                                weight=weight, reduction="sum"))
+                    vn += len(x)
+            rec["val_loss"] = vl / max(1, vn)
+        history.append(rec)
+        score = rec.get("val_loss", rec["train_loss"])
+        if score < best_loss:
+            best_loss = score
+            best = {k: v.detach().clone() for k, v in backbone.state_dict().items()}
+        if log:
+            log(f"pretrain {mode} epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in rec.items() if k != "epoch"))
+    if best is not None and mode == "weak":
+        backbone.load_state_dict(best)
+    return {"history": history, "best_loss": best_loss}
+
+
+class InstanceEncoder(Component):
+    """Embeds every cell crop with a timm backbone, pre-trained per training fold if asked.
+
+    Example::
+
+        encode:
+          uses: instance_encoder
+          inputs: {cells: cells, split: split}
+          with: {backbone: resnet10t, pretrain: weak, epochs: 3}
+    """
+
+    kind = "features"
+    name = "instance_encoder"
+    version = "1"
+    schema = {
+        "type": "object",
+        "properties": {
+            "backbone": {"type": "string", "default": "resnet10t", "minLength": 1,
+                         "description": "timm model name (built without classifier; e.g. resnet10t, resnet18, "
+                                        "convnext_atto, test_resnet for tests)"},
+            "pretrained": {"type": ["string", "null"], "default": None,
+                           "description": "local weights file (.safetensors/.pth) loaded before pre-training; "
+                                          "null: random init. Nothing is ever downloaded"},
+            "pretrain": {"enum": ["none", "weak", "simclr"], "default": "weak",
+                         "description": "pre-training inside each training fold: none, weak (cells inherit the "
+                                        "patient label) or simclr (contrastive, labels unused)"},
+            "image_size": {"type": "integer", "minimum": 16, "maximum": 512, "default": 64,
+                           "description": "crops are resized to this many pixels before the backbone"},
+            "epochs": {"type": "integer", "minimum": 0, "maximum": 500, "default": 3,
+                       "description": "pre-training epochs per fold"},
+            "batch_size": {"type": "integer", "minimum": 2, "maximum": 4096, "default": 64,
+                           "description": "crops per batch (pre-training and embedding)"},
+            "lr": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.001,
+                   "description": "AdamW learning rate for pre-training"},
+            "max_cells": {"type": "integer", "minimum": 0, "default": 2000,
+                          "description": "pre-training: at most this many random training cells per epoch (0: all)"},
+            "temperature": {"type": "number", "exclusiveMinimum": 0, "default": 0.5,
+                            "description": "simclr: NT-Xent temperature"},
+            "projection_dim": {"type": "integer", "minimum": 2, "default": 64,
+                               "description": "simclr: output size of the projection head"},
+            "threads": {"type": "integer", "minimum": 0, "default": 0,
+                        "description": "torch CPU threads (0: leave torch's default)"},
+        },
+        "additionalProperties": False,
+    }
+    inputs = {"cells": "CellSet", "split": "Split?"}
+    outputs = {"embeddings": "FeatureTable", "model": "Model"}
+
+    def run(self, ctx: RunContext, cells, split=None) -> dict[str, Any]:
+        import torch
+        from safetensors.torch import save_file
+
+        from hemaflow.plugins.artifacts import FeatureTable
+
+        p = self.params
+        if p["threads"]:
+            torch.set_num_threads(int(p["threads"]))
+        mode = p["pretrain"]
+        if mode != "none" and split is None:
+            raise DataError(cells.path, f"pretrain: {mode} needs a `split` input (pre-training uses each "
+                                        "fold's training patients only)")
+        t = cells.table.reset_index(drop=True)
+        crops_all = cells.crops
+        crops = np.asarray(crops_all[t["crop_index"].to_numpy(np.int64)]) if len(t) else np.zeros((0, 8, 8, 3), np.uint8)
+        classes = cells.classes or sorted(str(v) for v in t["label"].dropna().unique())
+        model_dir = ctx.out_dir("model")
+        folds = [-1] if mode == "none" else split.folds()
+        frames, fold_meta = [], []
+        ids = t[["cell_id", "image_id", "patient_id", "label"]].astype(str)
+        pid = ids["patient_id"].to_numpy()
+        for fold in ctx.progress(folds, description="encoder folds"):
+            torch.manual_seed(ctx.torch_seed("init", fold))
+            backbone = create_backbone(p["backbone"], p["pretrained"])
+            info: dict[str, Any] = {"fold": int(fold)}
+            if mode != "none":
+                train_p = split.patients(fold, "train")
+                val_p = split.patients(fold, "val")
+                tr = np.isin(pid, list(train_p))
+                va = np.isin(pid, list(val_p))
+                if mode == "simclr":
+                    tr = tr | va  # labels unused: validation cells are fair game, test cells never
+                if tr.sum() < 2:
+                    raise DataError(cells.path, f"fold {fold}: fewer than 2 training cells to pre-train on")
+                lab = ids["label"].map({c: i for i, c in enumerate(classes)})
+                y = lab.to_numpy() if lab.notna().all() else None
+                if mode == "weak" and y is None:
+                    raise DataError(cells.path, "pretrain: weak needs a label (in classes) on every cell")
+                y = y.astype(np.int64) if y is not None else None
+                res = pretrain_fold(backbone, crops[tr], y[tr] if y is not None else None, crops[va],
+                                    y[va] if y is not None else None, mode, p, ctx.torch_seed("pretrain", fold),
+                                    len(classes), log=ctx.log)
+                info.update(best_loss=res["best_loss"], history=res["history"])
+            save_file({k: v.contiguous() for k, v in backbone.state_dict().items()},
+                      str(model_dir / ("encoder.safetensors" if fold < 0 else f"fold{fold}.safetensors")))
+            emb = embed(backbone, crops, int(p["image_size"]), int(p["batch_size"]))
+            cols = [f"emb_{i:03d}" for i in range(emb.shape[1])]
+            df = pd.concat([ids.reset_index(drop=True), pd.DataFrame(emb, columns=cols)], axis=1)
+            if fold >= 0:
+                df.insert(4, "fold", int(fold))
+            frames.append(df)
+            fold_meta.append(info)
+        table = pd.concat(frames, ignore_index=True)
+        cols = [c for c in table.columns if c.startswith("emb_")]
+        meta = {"feature_columns": cols, "classes": classes, "source": self.name, "backbone": p["backbone"],
+                "pretrain": mode, "per_fold": mode != "none"}
+        out = FeatureTable(ctx.out_dir("embeddings"), table, meta).save()
+        model = Model(model_dir, {"component": self.name, "backbone": p["backbone"], "pretrain": mode,
+                                  "image_size": p["image_size"], "folds": fold_meta, "classes": classes}).save()
+        if mode != "none":
+            rows = [{"fold": m["fold"], "epochs": len(m["history"]), "best loss": round(m["best_loss"], 4)}
+                    for m in fold_meta]
+            ctx.report.table(f"instance encoder pre-training ({mode}, {p['backbone']})", rows, section="MIL")
+        return {"embeddings": out, "model": model}
+
+
+COMPONENTS = (InstanceEncoder,)
+
+
+@hookimpl
+def register_feature_extractors(register: Any) -> None:
+    for cls in COMPONENTS:
+        register(cls)

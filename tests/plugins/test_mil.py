@@ -1,0 +1,179 @@
+"""MIL: bags, aggregators, per-fold training, attention, empty bags."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hemaflow.core.errors import DataError
+from hemaflow.plugins import mil
+from hemaflow.plugins.artifacts import FeatureTable, Split
+from hemaflow.testing import check_component, make, make_context
+from tests.plugins.mil_helpers import kfold_split, synthetic_instances
+
+AGGREGATORS = ["mean", "max", "attention", "gated_attention", "transformer", "majority_vote"]
+
+
+@pytest.fixture()
+def data(tmp_path):
+    feats, cells = synthetic_instances(tmp_path, n_patients=12, cells=(3, 12), dim=6, abnormal_rate=0.3)
+    pl = feats.table.groupby("patient_id")["label"].first()
+    split = kfold_split(tmp_path, list(pl.index), list(pl.values), k=3)
+    return feats, cells, split
+
+
+@pytest.mark.parametrize("cls", mil.COMPONENTS, ids=lambda c: c.name)
+def test_conformance(cls, registry):
+    check_component(cls)
+    assert registry.get("mil", cls.name) is cls
+
+
+def test_bags_never_mix_patients(data):
+    feats, cells, _ = data
+    inst = mil.build_instances(features=feats, cells=cells)
+    bags = mil.make_bags(inst.table)
+    seen = np.concatenate(list(bags.values()))
+    assert sorted(seen) == list(range(len(inst.table)))  # every instance in exactly one bag
+    for pid, idx in bags.items():
+        assert set(inst.table["patient_id"].iloc[idx]) == {pid}
+    # a patient's bag holds the instances of all its images
+    assert inst.table.groupby("patient_id")["image_id"].nunique().max() == 3
+    assert {pid: len(idx) for pid, idx in bags.items()} == inst.table.groupby("patient_id").size().to_dict()
+
+
+def test_patient_with_two_labels_is_a_data_error(tmp_path, data):
+    feats = data[0]
+    t = feats.table.copy()
+    t.loc[t.index[0], "label"] = "NORMAL" if t.loc[t.index[0], "label"] == "AML" else "AML"
+    bad = FeatureTable(tmp_path / "bad", t, feats.meta).save()
+    inst = mil.build_instances(features=bad)
+    with pytest.raises(DataError, match=r"patient 'P00' has instances with different labels \['AML', 'NORMAL'\]"):
+        mil.patient_labels(inst.table, bad.path)
+
+
+def test_sample_bag_caps_training_bags_only():
+    rng = np.random.default_rng(0)
+    idx = np.arange(100, 1100)
+    a, b = mil.sample_bag(idx, 64, rng), mil.sample_bag(idx, 64, rng)
+    assert len(a) == 64 and len(set(a)) == 64 and set(a) <= set(idx)
+    assert not np.array_equal(a, b)  # a fresh subset each epoch
+    assert np.array_equal(mil.sample_bag(idx[:10], 64, rng), idx[:10])
+    assert np.array_equal(mil.sample_bag(idx, 0, rng), idx)
+
+
+def test_precision_at_k_breaks_ties_in_expectation():
+    assert mil.precision_at_k(np.full(10, 0.1), np.array([1, 1] + [0] * 8), 5) == pytest.approx(0.2)
+    assert mil.precision_at_k(np.array([0.5, 0.3, 0.1, 0.1]), np.array([1, 0, 1, 0]), 3) == pytest.approx(0.5)
+    assert mil.precision_at_k(np.array([0.9, 0.1]), np.array([1, 0]), 5) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("agg", AGGREGATORS)
+@pytest.mark.parametrize("n", [1, 10_000])
+def test_aggregators_on_bags_of_size_1_and_10000(agg, n):
+    import torch
+
+    torch.manual_seed(0)
+    net = mil.build_net(agg, 12, 3, {"hidden": 16, "heads": 4, "layers": 1})
+    probs, scores = mil.predict_bag(net, np.random.default_rng(0).normal(size=(n, 12)).astype(np.float32), agg,
+                                    {"sub_bag_size": 8}, np.random.default_rng(1))
+    assert probs.shape == (3,) and probs.sum() == pytest.approx(1.0, abs=1e-5)
+    assert scores.shape == (n,) and (scores >= 0).all()
+    assert scores.sum() == pytest.approx(1.0, abs=1e-4)  # attention weights sum to one per bag
+
+
+@pytest.mark.parametrize("agg", AGGREGATORS)
+def test_one_training_step_per_aggregator(agg):
+    import torch
+
+    torch.manual_seed(0)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(20, 5)).astype(np.float32)
+    bags = {"a": np.arange(0, 7), "b": np.arange(7, 8), "c": np.arange(8, 20)}
+    labels = {"a": 0, "b": 1, "c": 1}
+    net = mil.build_net(agg, 5, 2, {"hidden": 8, "heads": 2})
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    params = mil.defaults_for(agg, epochs=1, hidden=8, heads=2, warmup_epochs=0, sub_bag_size=4, max_instances=5)
+    info = mil.train_fold(net, x, bags, labels, ["a", "b", "c"], ["b"], agg, params, rng)
+    assert info["epochs_run"] == 1 and np.isfinite(info["history"][0]["train_loss"])
+    changed = [k for k, v in net.state_dict().items() if not torch.equal(v, before[k])]
+    assert "head.weight" in changed and "project.0.weight" in changed
+
+
+def test_attention_beats_mean_where_signal_sits_in_a_minority(tmp_path):
+    feats, cells = synthetic_instances(tmp_path, n_patients=24, cells=(20, 40), dim=8, abnormal_rate=0.15, seed=3)
+    pl = feats.table.groupby("patient_id")["label"].first()
+    split = kfold_split(tmp_path, list(pl.index), list(pl.values), k=3)
+    out = {}
+    for cls in (mil.MeanMIL, mil.GatedAttentionMIL):
+        res = make(cls, epochs=25, patience=0, gallery_patients=0).run(
+            make_context(tmp_path / cls.name), split=split, features=feats, cells=cells)
+        out[cls.name] = res["metrics"].values["mil"]
+    mean, att = out["mean_mil"], out["gated_attention_mil"]
+    # mean pooling scores every cell alike: precision@k is the chance level
+    assert mean["precision_at_k"] == pytest.approx(mean["abnormal_fraction"])
+    assert att["precision_at_k"] > 2 * att["abnormal_fraction"]
+
+
+def test_run_outputs_predictions_attention_and_model(tmp_path, data):
+    feats, cells, split = data
+    ctx = make_context(tmp_path / "run")
+    res = make(mil.AttentionMIL, epochs=2, top_k=2, gallery_patients=2).run(ctx, split=split, features=feats, cells=cells)
+    pred = res["predictions"].table
+    assert list(pred.columns[:5]) == ["id", "level", "fold", "y_true", "y_pred"]
+    assert {"prob_AML", "prob_NORMAL"} <= set(pred.columns)
+    assert (pred["level"] == "patient").all() and sorted(pred["id"]) == sorted(split.table["patient_id"].unique())
+    assert np.allclose(pred[["prob_AML", "prob_NORMAL"]].sum(axis=1), 1.0)
+    att = res["attention"].table
+    # a patient's instances all land in one fold (its test fold), each instance exactly once
+    assert (att.groupby("patient_id")["fold"].nunique() == 1).all()
+    assert not att["cell_id"].duplicated().any() and len(att) == len(feats.table)
+    for pid, g in att.groupby("patient_id"):
+        assert g["score"].sum() == pytest.approx(1.0, abs=1e-5)
+        assert g["fold"].iloc[0] == pred.loc[pred["id"] == pid, "fold"].iloc[0]
+        assert split.patients(int(g["fold"].iloc[0]), "test") >= {pid}
+    model = res["model"]
+    assert sorted(p.name for p in model.path.glob("fold*.safetensors")) == [f"fold{f}.safetensors" for f in range(3)]
+    assert model.meta["classes"] == ["AML", "NORMAL"]
+    galleries = [i for i in ctx.report.items if i["type"] == "gallery"]
+    assert len(galleries) == 2 and all(len(g["images"]) <= 4 for g in galleries)
+    assert "top #1" in galleries[0]["images"][0]["caption"]
+    m = res["metrics"].values["mil"]
+    assert m["n_bags"] == 12 and m["empty_bags"] == [] and 0 <= m["precision_at_k"] <= 1
+
+
+def test_empty_bag_is_reported_not_crashed_on(tmp_path, data):
+    feats, cells, split = data
+    t = split.table.copy()
+    extra = pd.DataFrame([{"fold": f, "patient_id": "GHOST", "partition": "test" if f == 1 else "train"}
+                          for f in split.folds()])
+    split2 = Split(tmp_path / "split2", pd.concat([t, extra], ignore_index=True), split.meta).save()
+    ctx = make_context(tmp_path / "run")
+    res = make(mil.MeanMIL, epochs=1, gallery_patients=0).run(ctx, split=split2, features=feats)
+    assert "GHOST" not in set(res["predictions"].table["id"])
+    assert res["metrics"].values["mil"]["empty_bags"] == ["GHOST"]
+    assert "fold 1: patient 'GHOST' (test) has no instances (empty bag); excluded from predictions" in ctx.warnings
+    assert res["model"].meta["empty_bags"][1] == {"fold": 1, "patient_id": "GHOST", "partition": "test"}
+
+
+def test_per_fold_embeddings_and_radiomics_are_joined_on_cell_id(tmp_path, data):
+    feats, cells, split = data
+    t = feats.table
+    emb = pd.concat([t[["cell_id", "image_id", "patient_id", "label"]].assign(fold=f, e0=float(f), e1=1.0)
+                     for f in split.folds()], ignore_index=True)
+    embeddings = FeatureTable(tmp_path / "emb", emb, {"feature_columns": ["e0", "e1"], "classes": ["AML", "NORMAL"]}).save()
+    # radiomics missing for one cell: kept, imputed later
+    partial = FeatureTable(tmp_path / "rad", t.iloc[1:], feats.meta).save()
+    inst = mil.build_instances(embeddings=embeddings, features=partial, cells=cells)
+    assert inst.dim == 2 + 6 and len(inst.table) == len(t)
+    x2 = inst.matrix(2)
+    assert (x2[:, 0] == 2.0).all() and np.isnan(x2[0, 2:]).all() and not np.isnan(x2[1:]).any()
+    mean, std = mil.fit_scaler(x2[5:])
+    z = mil.apply_scaler(x2, mean, std)
+    assert np.isfinite(z).all() and (z[0, 2:] == 0).all()
+    assert "truth" in inst.table.columns and inst.table["crop_index"].notna().all()
+
+
+def test_needs_instance_features(tmp_path, data):
+    with pytest.raises(DataError, match="needs an `embeddings` or a `features` input"):
+        make(mil.MeanMIL).run(make_context(tmp_path), split=data[2], cells=data[1])
