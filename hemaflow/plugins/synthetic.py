@@ -42,6 +42,7 @@ loops). On one core, a 256 px field takes about 5-10 ms; the small test configur
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -401,6 +402,14 @@ def _rbc_sprite(rng, r: float) -> tuple[np.ndarray, int]:
     return _soft(sd) * rng.uniform(0.48, 0.6) * pallor, pad
 
 
+@functools.lru_cache(maxsize=8)
+def _rbc_bank(ppu: float) -> list[tuple[np.ndarray, int]]:
+    """A fixed bank of red-cell sprites per drawing scale (each field draws 8 of them)."""
+    rng = np.random.default_rng(12345)
+    r_mean = 3.7 * ppu
+    return [_rbc_sprite(rng, r_mean * rng.uniform(0.88, 1.12)) for _ in range(32)]
+
+
 def _draw_rbcs(rng, C: np.ndarray, ppu: float, coverage: float) -> None:
     """Red cells, stamped from a few sprites; overlaps look darker (optical densities add).
 
@@ -409,7 +418,8 @@ def _draw_rbcs(rng, C: np.ndarray, ppu: float, coverage: float) -> None:
     H, W = C.shape[:2]
     r_mean = 3.7 * ppu
     n = int(coverage * H * W / (np.pi * r_mean ** 2))
-    sprites = [_rbc_sprite(rng, r_mean * rng.uniform(0.88, 1.12)) for _ in range(8)]
+    bank = _rbc_bank(round(float(ppu), 4))
+    sprites = [bank[i] for i in rng.choice(len(bank), size=8, replace=False)]
     P = 2 * max(pad for _, pad in sprites)  # canvas margin: a centre off the field plus a sprite
     Hp, Wp = H + 2 * P, W + 2 * P
     which = rng.integers(0, len(sprites), size=n)
@@ -518,3 +528,37 @@ def render_field(plan: PatientPlan, image_index: int, size: int) -> tuple[np.nda
     rgb += noise[..., None]  # sensor noise (mostly luminance)
     image = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
     return image, mask, cells
+
+
+def write_samples(out_dir: str, size: int = 192, seed: int = 0, classes: tuple[str, ...] = ALL_CLASSES) -> list[str]:
+    """Write one sample field per class (``synthetic_<CLASS>.png``) plus its mask overlay.
+
+    The field shown is the one with the most abnormal cells among a patient's first images
+    (leukemic classes), so the class morphology is visible. Returns the written file names.
+    """
+    from pathlib import Path
+
+    from PIL import Image
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    names = []
+    for ci, label in enumerate(classes):
+        plan = patient_plan(label, seed=(seed, ci, 0), n_images=4, wbc_per_image=(2, 3), abnormal_rate=(0.6, 0.7),
+                            stain_variation=1.0, difficulty=0.5)
+        best = max(range(4), key=lambda i: sum(a for _, a in plan.cells[i]))
+        image, mask, _ = render_field(plan, best, size)
+        overlay = image.copy()
+        overlay[mask == 1] = (0.5 * overlay[mask == 1] + [0, 90, 0]).astype(np.uint8)
+        overlay[mask == 2] = (0.5 * overlay[mask == 2] + [0, 0, 110]).astype(np.uint8)
+        sheet = np.concatenate([image, np.full((size, 4, 3), 255, np.uint8), overlay], axis=1)
+        name = f"synthetic_{label}.png"
+        Image.fromarray(sheet).save(out / name, optimize=True)
+        names.append(name)
+    return names
+
+
+if __name__ == "__main__":  # python -m hemaflow.plugins.synthetic docs/img
+    import sys
+
+    print("\n".join(write_samples(sys.argv[1] if len(sys.argv) > 1 else ".")))
