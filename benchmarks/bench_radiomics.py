@@ -15,12 +15,20 @@ Usage::
 
     python benchmarks/bench_radiomics.py [--cells 96] [--size 96] [--rounds 3] [--workers 2]
     python benchmarks/bench_radiomics.py --trap-only   # count what the force2D trap changes
+
+Engine overhead in instructions (independent of machine load): run one serial variant with 1 and 2
+passes under callgrind; the difference is one pass over the cells::
+
+    for v in direct_1t hemaflow; do for r in 1 2; do
+      valgrind --tool=callgrind --callgrind-out-file=/dev/null python benchmarks/bench_radiomics.py \
+        --only $v --reps $r --cells 16 2>&1 | grep "Collected"; done; done
 """
 
 from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import sys
 import tempfile
 import time
@@ -155,6 +163,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--trap-only", action="store_true", help="only count the features the force2D trap changes")
+    ap.add_argument("--only", choices=["direct_1t", "hemaflow"],
+                    help="run just this serial variant --reps times (for instruction counts under callgrind)")
+    ap.add_argument("--reps", type=int, default=1)
     args = ap.parse_args()
 
     _CROPS, _MASKS = load_cells(args.cells, args.size)
@@ -162,13 +173,23 @@ def main() -> None:
         trap_report(min(16, len(_CROPS)))
         return
     n = len(_CROPS)
-    tmp = Path(tempfile.mkdtemp(prefix="bench_radiomics_"))
+    tmp = Path(tempfile.mkdtemp(prefix="bench_radiomics_", suffix=f"_{os.getpid()}"))
     table = pd.DataFrame({"cell_id": [f"c{i}:0" for i in range(n)], "image_id": [f"c{i}" for i in range(n)],
                           "patient_id": [f"c{i}" for i in range(n)], "label": "x", "crop_index": np.arange(n)})
     (tmp / "cells").mkdir()
     np.save(tmp / "cells" / "crops.npy", _CROPS)
     np.save(tmp / "cells" / "crop_masks.npy", _MASKS)
     cells = CellSet(tmp / "cells", table, {"crop_size": args.size}).save()
+
+    if args.only:
+        direct_one(0)
+        time_hemaflow(CellSet(cells.path, table.iloc[:2], cells.meta), tmp / "warm", SerialExecutor())
+        for r in range(args.reps):
+            if args.only == "direct_1t":
+                time_direct_serial(n, 1)
+            else:
+                time_hemaflow(cells, tmp / f"o{r}", SerialExecutor())
+        return
 
     direct_one(0)  # warm up imports and the extractor in this process (forked workers inherit it)
     time_hemaflow(CellSet(cells.path, table.iloc[:2], cells.meta), tmp / "warm", SerialExecutor())
@@ -222,4 +243,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    import atexit
+    import shutil
+
+    atexit.register(lambda: [shutil.rmtree(p, ignore_errors=True)
+                             for p in Path(tempfile.gettempdir()).glob(f"bench_radiomics_*{os.getpid()}")])
     main()

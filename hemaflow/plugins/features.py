@@ -392,19 +392,23 @@ class EmbeddingFeatures(Component):
             out.append(("/mean", "give both mean and std, or neither"))
         return out
 
-    def build_model(self, seed: int) -> tuple[Any, dict[str, Any]]:
-        """Create the backbone (random init under ``seed``, then the checkpoint if any)."""
+    def build_model(self, seed: int, size: int | None = None) -> tuple[Any, dict[str, Any]]:
+        """Create the backbone (random init under ``seed``, then the checkpoint if any).
+
+        ``size`` (the input side) is passed as ``img_size`` to architectures that take it (ViTs,
+        whose position embeddings depend on it); convnets do not need it.
+        """
         import timm
         import torch
 
         kwargs: dict[str, Any] = {"pretrained": False, "num_classes": 0}
-        size = self.params.get("input_size")
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             try:
                 model = timm.create_model(self.params["model"], img_size=size, **kwargs) if size else \
                     timm.create_model(self.params["model"], **kwargs)
             except TypeError:  # architectures without an img_size argument (convnets)
+                torch.manual_seed(seed)
                 model = timm.create_model(self.params["model"], **kwargs)
         info: dict[str, Any] = {"init": "random", "init_seed": seed}
         if self.params.get("checkpoint"):
@@ -430,7 +434,9 @@ class EmbeddingFeatures(Component):
         problems = self.check_params()
         if problems:
             raise RecipeError([f"/steps/{ctx.step_id}/with{ptr}: {msg}" for ptr, msg in problems])
-        model, init = self.build_model(ctx.torch_seed("init"))
+        crops, cmasks = cells.crops, cells.crop_masks
+        size = int(self.params["input_size"] or crops.shape[1])
+        model, init = self.build_model(ctx.torch_seed("init"), size)
         device = torch.device(ctx.device)
         model.to(device)
         mean, std = self._norm(model)
@@ -438,8 +444,6 @@ class EmbeddingFeatures(Component):
         std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         table = cells.table.reset_index(drop=True)
         idx = table["crop_index"].astype(int).to_numpy()
-        crops, cmasks = cells.crops, cells.crop_masks
-        size = int(self.params["input_size"] or crops.shape[1])
         bs = int(self.params["batch_size"])
         bg = self.params["background"]
         chunks = []

@@ -355,6 +355,8 @@ def test_embeddings_resize_background_and_vit(tmp_path, small_cells):
     assert keep.meta["provenance"]["input_size"] == 48
     assert len(keep.feature_columns) == keep.meta["provenance"]["embedding_dim"]
     assert not np.allclose(keep.table[keep.feature_columns], black.table[black.feature_columns])
+    native = make(EmbeddingFeatures, model="test_vit").run(make_context(tmp_path / "c"), cells=small_cells)["features"]
+    assert native.meta["provenance"]["input_size"] == 32  # a ViT is built for the crop size
 
 
 def test_embeddings_load_a_hemaflow_checkpoint(tmp_path, small_cells):
