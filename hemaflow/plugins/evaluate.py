@@ -255,6 +255,9 @@ class ClassificationEvaluator(Component):
                                          "mean class probability, majority vote, or not at all"},
             "n_bootstrap": {"type": "integer", "minimum": 0, "maximum": 100000, "default": 1000,
                             "description": "bootstrap resamples of patients for confidence intervals (0: none)"},
+            "stratified_bootstrap": {"type": "boolean", "default": True,
+                                     "description": "resample patients within each true class (keeps every class "
+                                                    "in every resample; recommended for small cohorts)"},
             "ci_level": {"type": "number", "exclusiveMinimum": 0, "exclusiveMaximum": 1, "default": 0.95,
                          "description": "confidence level of the bootstrap intervals"},
         },
@@ -314,7 +317,7 @@ class ClassificationEvaluator(Component):
             if lv == "patient" and p["n_bootstrap"] > 0:
                 m.update(bootstrap_ci(t["y_true"].astype(str), t["y_pred"].astype(str), classes, probs,
                                       rng=ctx.rng("bootstrap"), n_bootstrap=p["n_bootstrap"],
-                                      level=p["ci_level"]))
+                                      level=p["ci_level"], stratified=p["stratified_bootstrap"]))
             m["aggregated_from"] = None if lv in levels_present else levels_present[0]
             values[lv] = m
             for fold, g in t.groupby("fold", sort=True):

@@ -211,8 +211,12 @@ def fast_scores(yt: np.ndarray, yp: np.ndarray, probs: np.ndarray | None, n_clas
 
 def bootstrap_ci(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence[str], probs: np.ndarray | None,
                  *, rng: np.random.Generator, n_bootstrap: int = 1000, level: float = 0.95,
-                 metrics: Sequence[str] = HEADLINE) -> dict[str, list[float] | None]:
+                 stratified: bool = True, metrics: Sequence[str] = HEADLINE) -> dict[str, list[float] | None]:
     """Percentile bootstrap confidence intervals, resampling units (patients) with replacement.
+
+    ``stratified`` resamples within each true class, keeping the class counts of the data: on a
+    small cohort a plain resample often draws one class only, where balanced accuracy and AUROC
+    mean something else or nothing.
 
     Resamples where a metric is undefined (e.g. AUROC with one class drawn) are left out of
     that metric's interval; a metric defined in fewer than half of the resamples gets None.
@@ -233,7 +237,11 @@ def bootstrap_ci(y_true: Sequence[str], y_pred: Sequence[str], classes: Sequence
     done = 0
     while done < n_bootstrap:
         size = min(chunk, n_bootstrap - done)
-        idx = rng.integers(0, n, (size, n))
+        if stratified:
+            groups = [np.flatnonzero(yt == c) for c in range(len(classes))]
+            idx = np.hstack([g[rng.integers(0, len(g), (size, len(g)))] for g in groups if len(g)])
+        else:
+            idx = rng.integers(0, n, (size, n))
         s = batch_scores(yt[idx], yp[idx], None if probs is None else np.asarray(probs, float)[idx], len(classes))
         for m in metrics:
             values[m].append(s[m])

@@ -122,3 +122,18 @@ def test_bootstrap_ci_undefined_metric_is_none():
                       rng=np.random.default_rng(0), n_bootstrap=50)
     assert ci["auroc_ci"] is None
     assert ci["accuracy_ci"][1] == 1.0
+
+
+def test_stratified_bootstrap_keeps_classes():
+    # 1 HEM among 8: plain resamples often miss it (AUROC undefined, balanced accuracy = one recall);
+    # stratified resamples always hold 7 ALL and 1 HEM, so the perfect ranking gives AUROC 1 every time
+    y = np.array(["ALL"] * 7 + ["HEM"])
+    p_hem = np.array([0.1, 0.2, 0.3, 0.1, 0.2, 0.4, 0.3, 0.9])
+    probs = np.c_[1 - p_hem, p_hem]
+    pred = np.where(p_hem > 0.5, "HEM", "ALL")
+    strat = bootstrap_ci(y, pred, ["ALL", "HEM"], probs, rng=np.random.default_rng(0), n_bootstrap=300)
+    assert strat["auroc_ci"] == [1.0, 1.0] and strat["balanced_accuracy_ci"] == [1.0, 1.0]
+    plain = bootstrap_ci(y, pred, ["ALL", "HEM"], probs, rng=np.random.default_rng(0), n_bootstrap=300,
+                         stratified=False)
+    assert plain["balanced_accuracy_ci"] == [1.0, 1.0]
+    assert plain["auroc_ci"] == [1.0, 1.0]  # defined in the ~66% of resamples that draw the HEM patient

@@ -124,3 +124,76 @@ def test_report_without_metrics_and_missing_files(tmp_path):
 def test_inline_svg_strips_prolog():
     src = '<?xml version="1.0" encoding="utf-8" standalone="no"?>\n<!DOCTYPE svg PUBLIC "-//W3C//DTD SVG 1.1//EN"\n "http://www.w3.org/Graphics/SVG/1.1/DTD/svg11.dtd">\n<svg a="1"></svg>'
     assert inline_svg(src) == '<svg a="1"></svg>'
+
+
+TINY_RUN = """\
+name: tiny_report
+description: tiny segmentation + classification run for the report test
+seed: 0
+steps:
+  data:
+    uses: synthetic_smears
+    with: {classes: [ALL, NORMAL], patients_per_class: 3, images_per_patient: 2, image_size: 160}
+  split:
+    uses: patient_kfold
+    inputs: {images: data}
+    with: {k: 3}
+  seg:
+    uses: classical
+    inputs: {images: data}
+  seg_eval:
+    uses: segmentation
+    inputs: {masks: seg, images: data}
+    with: {partition: all, n_overlays: 2}
+  truth:
+    uses: ground_truth
+    inputs: {images: data}
+  cells:
+    uses: cell_crops
+    inputs: {images: data, masks: truth}
+    with: {crop_size: 32}
+  features:
+    uses: radiomics
+    inputs: {cells: cells}
+    with: {classes: [firstorder]}
+  clf:
+    uses: sklearn_classifier
+    inputs: {features: features, split: split}
+  eval:
+    uses: classification
+    inputs: {predictions: clf, split: split}
+    with: {n_bootstrap: 200}
+"""
+
+
+def run_tiny(tmp_path: Path, out: str, *overrides: str) -> Path:
+    """Run the tiny recipe with the real runner (``hemaflow run``) into ``tmp_path/out``."""
+    from hemaflow.core.cli import main
+
+    recipe = tmp_path / "tiny_report.yaml"
+    recipe.write_text(TINY_RUN)
+    args = ["run", str(recipe), "--out", str(tmp_path / out)]
+    for o in overrides:
+        args += ["--set", o]
+    assert main(args) == 0
+    return tmp_path / out
+
+
+def test_report_from_real_tiny_run(tmp_path):
+    run_dir = run_tiny(tmp_path, "run")
+    text = (run_dir / "report.html").read_text()
+    p = _Collect()
+    p.feed(text)
+    assert [t.strip() for t in p.text["h2"]] == SECTIONS
+    refs = [v for tag, a in p.tags for k, v in a.items() if k in ("src", "href", "xlink:href")]
+    assert all(v.startswith(("data:", "#")) for v in refs)
+    metrics_html = text.split('<section id="metrics">')[1].split("</section>")[0]
+    assert re.findall(r"<h3>(\w+)</h3>", metrics_html) == ["patient", "image", "cell", "segmentation", "folds"]
+    steps = [a["id"][5:] for tag, a in p.tags if tag == "h3" and (a.get("id") or "").startswith("step-")]
+    assert steps == ["data", "split", "seg", "seg_eval", "truth", "cells", "features", "clf", "eval"]
+    assert "<th>cache hits</th><td>0 of 9</td>" in text
+    assert "Predicted (magenta) vs true (green) contours, worst and best" in text
+    assert text.count("<svg") >= 2  # confusion matrices and ROC curves
+    metrics = __import__("json").loads((run_dir / "metrics.json").read_text())
+    lo, hi = metrics["patient"]["balanced_accuracy_ci"]
+    assert f'<td class="ci">[{lo:.4f}, {hi:.4f}]</td>' in text
