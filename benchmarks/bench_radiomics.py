@@ -19,8 +19,9 @@ Usage::
 Engine overhead in instructions (independent of machine load): run one serial variant with 1 and 2
 passes under callgrind; the difference is one pass over the cells::
 
+    PY=$(python -c "import sys; print(sys.executable)")   # the real binary, not a pyenv shim
     for v in direct_1t hemaflow; do for r in 1 2; do
-      valgrind --tool=callgrind --callgrind-out-file=/dev/null python benchmarks/bench_radiomics.py \
+      valgrind --tool=callgrind --callgrind-out-file=/dev/null $PY benchmarks/bench_radiomics.py \
         --only $v --reps $r --cells 16 2>&1 | grep "Collected"; done; done
 """
 

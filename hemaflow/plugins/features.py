@@ -49,7 +49,7 @@ def _id_frame(table: pd.DataFrame, columns: Iterable[str]) -> pd.DataFrame:
 
 
 def _skip_summary(skipped: list[dict[str, str]], unit: str) -> str:
-    reasons = Counter(s["reason"].split(":")[0] for s in skipped)
+    reasons = Counter(s["reason"].split(":")[0].split(" (")[0] for s in skipped)
     parts = ", ".join(f"{n} {r}" for r, n in reasons.most_common())
     return f"skipped {len(skipped)} {unit}(s) with no features ({parts}); listed in meta['skipped']"
 

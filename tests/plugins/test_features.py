@@ -194,8 +194,8 @@ def test_constant_and_tiny_cells_are_recorded_skips(tmp_path):
          "reason": "too small: 2 pixel(s) in the cell region (min_pixels 16)"},
         {"cell_id": "img3:3", "image_id": "img3", "reason": "empty cell region"},
     ]
-    assert ctx.warnings == ["skipped 3 cell(s) with no features (1 constant intensity in the cell region "
-                            "(luminance = 150), 1 too small, 1 empty cell region); listed in meta['skipped']"]
+    assert ctx.warnings == ["skipped 3 cell(s) with no features (1 constant intensity in the cell region, "
+                            "1 too small, 1 empty cell region); listed in meta['skipped']"]
     assert np.isfinite(out.table[out.feature_columns].to_numpy()).all()
 
 
