@@ -467,9 +467,10 @@ class Manifest(FileDataset):
         records, problems = [], []
 
         def resolve(value: str, src: str) -> tuple[Path | None, str | None]:
+            # lexical check (no symlink resolution): a linked data folder inside is fine
             rel = Path(value)
-            path = (rel if rel.is_absolute() else base / rel).resolve()
-            if not p["allow_outside"] and not path.is_relative_to(base.resolve()):
+            path = Path(os.path.normpath(rel if rel.is_absolute() else base / rel))
+            if not p["allow_outside"] and not path.is_relative_to(base):
                 return None, f"path {value!r} points outside the manifest's folder {base}"
             if not path.is_file():
                 return None, f"file {value!r} not found ({path})"
@@ -492,8 +493,8 @@ class Manifest(FileDataset):
                 if err:
                     problems.append((src, "mask " + err))
                     continue
-            iid = _cell(row[icol]) if icol else (img.relative_to(base.resolve()).with_suffix("").as_posix()
-                                                 if img.is_relative_to(base.resolve()) else img.with_suffix("").as_posix())
+            iid = _cell(row[icol]) if icol else (img.relative_to(base).with_suffix("").as_posix()
+                                                 if img.is_relative_to(base) else img.with_suffix("").as_posix())
             rec = {"image": img, "mask": mask, "patient": pid or iid, "label": _cell(row[p["label_column"]]),
                    "image_id": iid, "source": src}
             rec.update({c: _cell(row[c]) for c in extra})

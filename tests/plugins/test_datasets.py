@@ -121,6 +121,16 @@ def test_manifest_outside_folder_and_missing(manifest_dir, tmp_path):
     assert ctx.warnings[0].startswith("skipped ") and "img/gone.png' not found" in ctx.warnings[0]
 
 
+def test_manifest_symlinked_folder_inside_is_fine(manifest_dir, tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    write_image(elsewhere / "z.png")
+    (manifest_dir / "linked").symlink_to(elsewhere, target_is_directory=True)
+    pd.DataFrame({"image": ["linked/z.png"], "patient": ["p9"], "label": ["AML"]}).to_csv(
+        manifest_dir / "m2.csv", index=False)
+    images, _ = run(Manifest, tmp_path, path=str(manifest_dir / "m2.csv"))
+    assert images.table["image_id"].tolist() == ["linked/z"]
+
+
 def test_manifest_label_not_in_classes(manifest_dir, tmp_path):
     with pytest.raises(DataError, match=r"manifest.csv:4: label 'ALL' is not in the class list \['AML'\]"):
         run(Manifest, tmp_path, path=str(manifest_dir / "manifest.csv"), classes=["AML"])

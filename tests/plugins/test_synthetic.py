@@ -56,6 +56,17 @@ def test_deterministic_and_seed_dependent(tmp_path):
     pd.testing.assert_frame_equal(c.cell_truth(), d.cell_truth())
 
 
+def test_process_executor_gives_the_same_data(tmp_path):
+    from hemaflow.plugins.executors import ProcessExecutor
+
+    serial, _ = _run(tmp_path, "serial", **SMALL)
+    ctx = make_context(tmp_path / "pool", executor=ProcessExecutor(workers=2, chunksize=1, start_method="fork"))
+    pooled = make(SyntheticSmears, **SMALL).run(ctx)["images"]
+    pd.testing.assert_frame_equal(serial.cell_truth(), pooled.cell_truth())
+    for iid in serial.table["image_id"]:
+        assert np.array_equal(serial.read_image(iid), pooled.read_image(iid))
+
+
 def test_adding_patients_keeps_existing_ones(tmp_path):
     # patient k of class c is drawn from its own stream: more patients do not change it
     p1 = patient_plan("AML", seed=(0, 1, 0), n_images=2, wbc_per_image=(1, 4), abnormal_rate=(0.3, 0.7),
