@@ -229,8 +229,8 @@ class Listing:
         self.patients_are_images = patients_are_images
 
 
-def _check_item(rec: dict[str, Any], validate: str, mask_spec: dict[str, Any] | None) -> str | None:
-    """Return None if the image (and mask) pass the ``validate`` level, else the DataError text."""
+def _check_item(rec: dict[str, Any], validate: str, mask_spec: dict[str, Any] | None) -> tuple[str, str] | None:
+    """Return None if the image (and mask) pass the ``validate`` level, else (file, problem)."""
     try:
         if validate == "full":
             img = io.read_array(rec["image"])
@@ -243,14 +243,14 @@ def _check_item(rec: dict[str, Any], validate: str, mask_spec: dict[str, Any] | 
             else:
                 msize = io.image_size(rec["mask"])
             if tuple(msize) != tuple(size):
-                return str(DataError(rec["mask"], f"mask is {msize[1]}x{msize[0]} but its image "
-                                                  f"{rec['image']} is {size[1]}x{size[0]} (width x height)"))
+                return str(rec["mask"]), (f"mask is {msize[1]}x{msize[0]} but its image {rec['image']} is "
+                                          f"{size[1]}x{size[0]} (width x height)")
     except DataError as exc:
-        return str(exc)
+        return exc.path, exc.problem
     return None
 
 
-def _check_chunk(args: tuple[list[dict[str, Any]], str, dict[str, Any] | None]) -> list[str | None]:
+def _check_chunk(args: tuple[list[dict[str, Any]], str, dict[str, Any] | None]) -> list[tuple[str, str] | None]:
     recs, validate, spec = args
     return [_check_item(r, validate, spec) for r in recs]
 
@@ -326,8 +326,7 @@ class FileDataset(Component):
                 if err is None:
                     keep.append(r)
                 else:
-                    path, _, reason = err.partition(": ")
-                    bad(path, reason)
+                    bad(*err)
             records = keep
         if not records:
             where = getattr(self, "root_for_errors", lambda: "data set")()
