@@ -323,3 +323,16 @@ def test_wbc_crops_counts_and_rare_basophils(shared_data, tmp_path):
 def test_shared_data_missing_is_clear(tmp_path):
     with pytest.raises(DataError, match=r"the bccd-fields data set was not found here"):
         make(BCCDFields, path=str(tmp_path / "nowhere")).fingerprint()
+
+
+def test_wbc_crops_strict_mask_values_find_the_stray_files(shared_data, tmp_path):
+    # five cellavision masks carry a few stray values (2-50) besides 0/128/255: a strict spec
+    # with full validation names them; the default threshold spec reads them fine
+    strict = {"mode": "values", "cytoplasm": [128], "nucleus": [255]}
+    images, ctx = run(WBCCrops, tmp_path, path=str(shared_data / "wbc-crops"), subsets=["cellavision"],
+                      mask_spec=strict, validate="full", on_error="skip")
+    skipped = sorted(s["file"].rsplit("/", 2)[-2] + "/" + s["file"].rsplit("/", 1)[-1] for s in images.meta["skipped"])
+    assert skipped == ["cellavision/034.png", "cellavision/035.png", "cellavision/047.png",
+                       "cellavision/050.png", "cellavision/076.png"]
+    assert images.meta["skipped"][0]["reason"].startswith("mask has unexpected values [2, 7, 25, 42, 44]")
+    assert len(images.table) == 95
