@@ -1,1 +1,383 @@
-"""Built-in normalize components (work in progress)."""
+"""Stain normalizers: ``macenko`` and ``reinhard`` (torchstain, torch backend).
+
+Input ``images: ImageSet`` (and optionally ``split: Split``); output ``images: ImageSet`` with
+the same rows, normalized RGB uint8 PNGs, and a ``stain_outcome`` column per image:
+``normalized``, ``passthrough`` (kept unnormalized) or, for a skipped image, no row at all
+(the skip is recorded in ``meta["skipped"]`` and as a warning).
+
+The reference image is ``reference`` (a path), else chosen automatically among the training
+images (fold ``fold``'s ``train`` partition of the ``split`` input, else the ImageSet's
+``split`` column, else all images): the label-free medoid of the candidates' stain statistics
+(Macenko: stain vectors and 99th-percentile concentrations; Reinhard: LAB mean and std), i.e.
+the most typical staining. Labels and test images never choose it.
+
+torchstain raises deep inside (``IndexError`` from ``kthvalue``, ``LinAlgError``) on images
+where too few pixels are stained (white background, over-exposed, red-cell-only tiles), and
+returns garbage without an error on uniform or black input. :func:`stain_problem` detects these
+before torchstain is called; remaining exceptions and non-finite outputs are caught too. What
+happens then is ``on_failure``: ``skip`` (leave the image out), ``passthrough`` (keep it
+unnormalized) or ``stop`` (a DataError naming the file).
+
+Colour order: torchstain's torch backend takes RGB uint8 CHW and returns HWC (int32 for
+Macenko); images stay RGB end to end and are written as RGB PNGs (the original code swapped red
+and blue when saving with OpenCV).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from hemaflow.core.component import Component, RunContext
+from hemaflow.core.errors import DataError
+from hemaflow.core.markers import hookimpl
+
+
+# -- checks and torchstain wrappers -------------------------------------------------------------
+def stain_problem(img: np.ndarray, *, Io: float = 240, beta: float = 0.15, min_stained_fraction: float = 0.01,
+                  min_stained_pixels: int = 100, two_stains: bool = True) -> str | None:
+    """Return why stain vectors cannot be estimated on ``img`` (RGB uint8), or None if they can.
+
+    Checks, cheapest first: black image, uniform image, too few stained pixels (pixels whose
+    optical density is >= ``beta`` in every channel, the pixels Macenko uses), and a single stain
+    only (the stained pixels' optical densities span no plane; Macenko only, ``two_stains``).
+    """
+    f = img.reshape(-1, 3).astype(np.float32)
+    if f.mean() < 10:
+        return "black or almost black image"
+    if float(f.std(axis=0).max()) < 2.0:
+        return "uniform image (no structure to estimate stains from)"
+    od = -np.log((f + 1.0) / Io)
+    stained = od[(od >= beta).all(axis=1)]
+    frac = len(stained) / max(len(od), 1)
+    if len(stained) < min_stained_pixels or frac < min_stained_fraction:
+        return (f"too few stained pixels ({100 * frac:.2f}% of the image; blank, over-exposed "
+                f"or background-only)")
+    if not two_stains:
+        return None
+    ev = np.linalg.eigvalsh(np.cov(stained.T))
+    if ev[-2] < 1e-6 * max(ev[-1], 1e-12):
+        return "only one stain present (stained pixels do not span two stain directions)"
+    return None
+
+
+def _chw(img: np.ndarray):
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(img.transpose(2, 0, 1)))
+
+
+def _macenko(state: dict[str, Any] | None = None):
+    import torch
+    import torchstain
+
+    norm = torchstain.normalizers.MacenkoNormalizer(backend="torch")
+    if state is not None:
+        norm.HERef = torch.tensor(np.asarray(state["HERef"], np.float32))
+        norm.maxCRef = torch.tensor(np.asarray(state["maxCRef"], np.float32))
+    return norm
+
+
+def _reinhard(state: dict[str, Any] | None = None, method: str | None = None):
+    import torch
+    import torchstain
+
+    norm = torchstain.normalizers.ReinhardNormalizer(backend="torch", method=method)
+    if state is not None:
+        norm.target_means = torch.tensor(np.asarray(state["means"], np.float32))
+        norm.target_stds = torch.tensor(np.asarray(state["stds"], np.float32))
+    return norm
+
+
+def fit_state(kind: str, img: np.ndarray, params: dict[str, Any]) -> dict[str, Any]:
+    """Fit a normalizer on one reference image; return its state as plain lists (picklable)."""
+    if kind == "macenko":
+        norm = _macenko()
+        norm.fit(_chw(img), Io=params["Io"], alpha=params["alpha"], beta=params["beta"])
+        state = {"HERef": norm.HERef.numpy().tolist(), "maxCRef": norm.maxCRef.numpy().tolist()}
+    else:
+        norm = _reinhard(method=params.get("method"))
+        norm.fit(_chw(img))
+        state = {"means": norm.target_means.numpy().tolist(), "stds": norm.target_stds.numpy().tolist()}
+    if not np.isfinite(_flat(state)).all():
+        raise ValueError("non-finite stain statistics")
+    return state
+
+
+def apply_state(kind: str, state: dict[str, Any], img: np.ndarray, params: dict[str, Any]) -> np.ndarray:
+    """Normalize one RGB uint8 image with a fitted state; return RGB uint8 HxWx3."""
+    if kind == "macenko":
+        norm = _macenko(state)
+        out, _, _ = norm.normalize(I=_chw(img), Io=params["Io"], alpha=params["alpha"], beta=params["beta"],
+                                   stains=False)
+    else:
+        out = _reinhard(state, params.get("method")).normalize(I=_chw(img))
+    arr = out.numpy()
+    if not np.isfinite(arr).all():
+        raise ValueError("non-finite output")
+    return np.clip(arr, 0, 255).astype(np.uint8)
+
+
+def _flat(state: dict[str, Any]) -> np.ndarray:
+    return np.concatenate([np.ravel(np.asarray(v, np.float64)) for v in state.values()])
+
+
+def _resize(img: np.ndarray, size: list[int] | None) -> np.ndarray:
+    if not size or (img.shape[0] == size[0] and img.shape[1] == size[1]):
+        return img
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(img).resize((size[1], size[0]), Image.BILINEAR))
+
+
+def _normalize_one(item: tuple) -> dict[str, Any]:
+    """Worker for ctx.map: read, check, normalize and write one image."""
+    from hemaflow.plugins import io
+
+    image_id, src, dst, kind, state, params = item
+    try:
+        img = _resize(io.read_image(src), params["resize"])
+    except DataError as exc:
+        return {"image_id": image_id, "outcome": "error", "reason": exc.problem}
+    problem = stain_problem(img, Io=params.get("Io", 240), beta=params.get("beta", 0.15),
+                            min_stained_fraction=params["min_stained_fraction"], two_stains=kind == "macenko")
+    if problem is None:
+        try:
+            out = apply_state(kind, state, img, params)
+        except (IndexError, RuntimeError, ValueError, np.linalg.LinAlgError) as exc:
+            problem = f"{kind} failed ({type(exc).__name__}: {exc})"
+    if problem is not None:
+        if params["on_failure"] == "passthrough":
+            io.write_png(dst, img)
+            return {"image_id": image_id, "outcome": "passthrough", "reason": problem}
+        return {"image_id": image_id, "outcome": "failed", "reason": problem}
+    io.write_png(dst, out)
+    return {"image_id": image_id, "outcome": "normalized", "reason": ""}
+
+
+def _descriptor(item: tuple) -> list[float] | None:
+    """Label-free stain statistics of one candidate reference (None if it cannot be fitted)."""
+    from hemaflow.plugins import io
+
+    src, kind, params = item
+    try:
+        img = _resize(io.read_image(src), params["resize"])
+    except DataError:
+        return None
+    if stain_problem(img, Io=params.get("Io", 240), beta=params.get("beta", 0.15),
+                     min_stained_fraction=params["min_stained_fraction"], two_stains=kind == "macenko") is not None:
+        return None
+    try:
+        state = fit_state(kind, img, params)
+    except (IndexError, RuntimeError, ValueError, np.linalg.LinAlgError):
+        return None
+    return [float(v) for v in _flat(state)]
+
+
+def training_image_ids(images: Any, split: Any, fold: int) -> tuple[list[str], str]:
+    """Image ids allowed to choose a reference (training partition only) and where they came from."""
+    t = images.table
+    if split is not None:
+        pats = split.patients(fold, "train")
+        ids = list(t.loc[t["patient_id"].astype(str).isin(pats), "image_id"].astype(str))
+        return ids, f"training partition of fold {fold}"
+    if "split" in t.columns:
+        ids = list(t.loc[t["split"].astype(str).str.lower() == "train", "image_id"].astype(str))
+        if ids:
+            return ids, "images with split == train"
+    return list(t["image_id"].astype(str)), "all images (no split given)"
+
+
+# -- components ---------------------------------------------------------------------------------
+COMMON = {
+    "reference": {"type": ["string", "null"], "default": None,
+                  "description": "reference image path; null: chosen automatically among the training images"},
+    "reference_candidates": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 24,
+                             "description": "how many training images (seeded sample) are considered for the "
+                                            "automatic reference"},
+    "fold": {"type": "integer", "minimum": 0, "default": 0,
+             "description": "fold of the split whose training partition may provide the reference"},
+    "resize": {"type": ["array", "null"], "items": {"type": "integer", "minimum": 1}, "minItems": 2,
+               "maxItems": 2, "default": None,
+               "description": "resize every image to [height, width] before normalizing (null: keep size)"},
+    "on_failure": {"enum": ["skip", "passthrough", "stop"], "default": "passthrough",
+                   "description": "when stains cannot be estimated on an image (blank, over-exposed, few "
+                                  "stained pixels, uniform or black): leave it out, keep it unnormalized, "
+                                  "or stop with an error"},
+    "min_stained_fraction": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.01,
+                             "description": "images with fewer stained pixels (optical density >= beta) than "
+                                            "this fraction are not normalized"},
+}
+
+
+class _StainNormalizer(Component):
+    kind = "normalizer"
+    inputs = {"images": "ImageSet", "split": "Split?"}
+    outputs = {"images": "ImageSet"}
+    stain_kind = ""
+
+    def method_params(self) -> dict[str, Any]:
+        return {}
+
+    def run(self, ctx: RunContext, images: Any, split: Any = None) -> dict[str, Any]:
+        from hemaflow.plugins import io
+        from hemaflow.plugins.artifacts import ImageSet
+
+        p = self.params
+        params = dict(self.method_params(), resize=p["resize"], on_failure=p["on_failure"],
+                      min_stained_fraction=p["min_stained_fraction"])
+        ref_path, ref_note = self._reference(ctx, images, split, params)
+        ref_img = _resize(io.read_image(ref_path), p["resize"])
+        problem = stain_problem(ref_img, Io=params.get("Io", 240), beta=params.get("beta", 0.15),
+                                min_stained_fraction=params["min_stained_fraction"],
+                                two_stains=self.stain_kind == "macenko")
+        if problem:
+            raise DataError(ref_path, f"cannot be the stain reference: {problem}")
+        try:
+            state = fit_state(self.stain_kind, ref_img, params)
+        except (IndexError, RuntimeError, ValueError, np.linalg.LinAlgError) as exc:
+            raise DataError(ref_path, f"cannot be the stain reference: {self.stain_kind} fit failed "
+                            f"({type(exc).__name__}: {exc})") from None
+        ctx.log(f"reference {ref_path} ({ref_note})")
+
+        out = ctx.out_dir("images")
+        (out / "images").mkdir(exist_ok=True)
+        table = images.table.reset_index(drop=True)
+        items = [(str(r["image_id"]), str(images.image_path(r)), str(out / f"images/{i:06d}.png"),
+                  self.stain_kind, state, params) for i, r in table.iterrows()]
+        results = ctx.map(_normalize_one, items, description=f"{self.stain_kind} normalization")
+        keep, outcomes, skipped = [], [], []
+        for i, res in enumerate(results):
+            src = items[i][1]
+            if res["outcome"] == "error":
+                if p["on_failure"] == "stop":
+                    raise DataError(src, res["reason"])
+                skipped.append({"file": src, "reason": res["reason"]})
+                ctx.warn(f"skipped {src}: {res['reason']}")
+                continue
+            if res["outcome"] == "failed":
+                if p["on_failure"] == "stop":
+                    raise DataError(src, f"stain normalization impossible: {res['reason']} "
+                                         "(set on_failure: skip or passthrough to go on)")
+                skipped.append({"file": src, "reason": res["reason"]})
+                ctx.warn(f"skipped {src}: {res['reason']}")
+                continue
+            if res["outcome"] == "passthrough":
+                ctx.warn(f"not normalized (kept as is) {src}: {res['reason']}")
+            keep.append(i)
+            outcomes.append(res["outcome"])
+        new = table.iloc[keep].copy()
+        new["path"] = [f"images/{i:06d}.png" for i in keep]
+        new["stain_outcome"] = outcomes
+        if "mask_path" in new.columns:  # masks stay where they are: make their paths absolute
+            new["mask_path"] = [None if (m is None or (isinstance(m, float) and np.isnan(m)) or m == "")
+                                else str(images.resolve(m)) for m in new["mask_path"]]
+        meta = dict(images.meta)
+        if meta.get("cell_truth"):
+            meta["cell_truth"] = str(images.resolve(meta["cell_truth"]))
+        counts = pd.Series(outcomes).value_counts().to_dict() if outcomes else {}
+        meta.update({"normalizer": self.stain_kind, "stain_reference": str(ref_path),
+                     "stain_reference_from": ref_note, "stain_state": state,
+                     "stain_outcomes": {"normalized": int(counts.get("normalized", 0)),
+                                        "passthrough": int(counts.get("passthrough", 0)),
+                                        "skipped": len(skipped)},
+                     "skipped": list(meta.get("skipped", [])) + skipped})
+        result = ImageSet(out, new.reset_index(drop=True), meta).save()
+        self._report(ctx, images, result, ref_img)
+        return {"images": result}
+
+    def _reference(self, ctx: RunContext, images: Any, split: Any, params: dict[str, Any]) -> tuple[Path, str]:
+        p = self.params
+        if p["reference"]:
+            ref = Path(p["reference"]).expanduser()
+            if not ref.exists():
+                raise DataError(ref, "stain reference image not found")
+            return ref, "given in the recipe"
+        ids, note = training_image_ids(images, split, p["fold"])
+        if not ids:
+            raise DataError(images.path, "no training image to choose a stain reference from; set reference:")
+        rng = ctx.rng("reference")
+        if len(ids) > p["reference_candidates"]:
+            ids = sorted(rng.choice(ids, size=p["reference_candidates"], replace=False).tolist())
+        paths = [images.image_path(i) for i in ids]
+        descs = ctx.map(_descriptor, [(str(x), self.stain_kind, params) for x in paths],
+                        description="choosing stain reference")
+        ok = [(pth, d) for pth, d in zip(paths, descs) if d is not None]
+        if not ok:
+            raise DataError(images.path, f"none of the {len(paths)} candidate reference images has "
+                            "estimable stains; set reference: to a well-stained image")
+        D = np.array([d for _, d in ok])
+        Z = (D - D.mean(0)) / (D.std(0) + 1e-9)
+        medoid = int(np.argmin(np.abs(Z[:, None, :] - Z[None, :, :]).sum(axis=(1, 2))))
+        return Path(ok[medoid][0]), f"medoid of {len(ok)} candidates from {note}"
+
+    def _report(self, ctx: RunContext, before: Any, after: Any, ref_img: np.ndarray) -> None:
+        from hemaflow.plugins.io import png_bytes
+
+        items = [("reference", png_bytes(ref_img, max_side=240))]
+        ids = list(after.table["image_id"].astype(str))
+        for iid in [ids[i] for i in np.linspace(0, len(ids) - 1, min(4, len(ids))).astype(int)] if ids else []:
+            a, b = before.read_image(iid), after.read_image(iid)
+            if a.shape != b.shape:
+                a = _resize(a, list(b.shape[:2]))
+            strip = np.concatenate([a, np.full((a.shape[0], 4, 3), 255, np.uint8), b], axis=1)
+            items.append((f"{iid}: before | after", png_bytes(strip, max_side=480)))
+        ctx.report.gallery(f"{self.stain_kind} stain normalization", items, section="normalization")
+        o = after.meta["stain_outcomes"]
+        ctx.report.text("Stain normalization outcome",
+                        f"{o['normalized']} normalized, {o['passthrough']} kept unnormalized, {o['skipped']} "
+                        f"skipped; reference {after.meta['stain_reference']} "
+                        f"({after.meta['stain_reference_from']}).", section="normalization")
+
+
+class MacenkoNormalizer(_StainNormalizer):
+    """Macenko stain normalization (SVD stain vectors) with torchstain's torch backend."""
+
+    name = "macenko"
+    version = "1"
+    stain_kind = "macenko"
+    schema = {
+        "type": "object",
+        "properties": {
+            **COMMON,
+            "Io": {"type": "number", "exclusiveMinimum": 0, "maximum": 255, "default": 240,
+                   "description": "transmitted light intensity (background brightness)"},
+            "alpha": {"type": "number", "exclusiveMinimum": 0, "maximum": 50, "default": 1,
+                      "description": "percentile of the stain-angle distribution used for the stain vectors"},
+            "beta": {"type": "number", "exclusiveMinimum": 0, "default": 0.15,
+                     "description": "optical density below which a pixel counts as background"},
+        },
+        "additionalProperties": False,
+    }
+
+    def method_params(self) -> dict[str, Any]:
+        return {"Io": self.params["Io"], "alpha": self.params["alpha"], "beta": self.params["beta"]}
+
+
+class ReinhardNormalizer(_StainNormalizer):
+    """Reinhard colour transfer (LAB mean and std) with torchstain's torch backend."""
+
+    name = "reinhard"
+    version = "1"
+    stain_kind = "reinhard"
+    schema = {
+        "type": "object",
+        "properties": {
+            **COMMON,
+            "method": {"enum": [None, "modified"], "default": None,
+                       "description": "null: classic Reinhard; modified: torchstain's modified variant"},
+        },
+        "additionalProperties": False,
+    }
+
+    def method_params(self) -> dict[str, Any]:
+        return {"method": self.params["method"]}
+
+
+@hookimpl
+def register_normalizers(register: Any) -> None:
+    register(MacenkoNormalizer)
+    register(ReinhardNormalizer)

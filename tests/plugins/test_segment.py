@@ -90,3 +90,82 @@ def test_classical_dice_on_real_bccd_fields(tmp_path, shared_data):
     # measured: whole cell 0.86, nucleus 0.86 (mean of these four fields)
     assert np.mean(cell) > 0.75, cell
     assert np.mean(nuc) > 0.75, nuc
+
+
+# -- deeplabv3 ---------------------------------------------------------------------------------
+from hemaflow.plugins.segment import DeepLabSegmenter, augment_pair, build_model, predict_mask  # noqa: E402
+
+
+def test_deeplab_contract(registry):
+    check_component(DeepLabSegmenter)
+    assert registry.get("segmenter", "deeplabv3") is DeepLabSegmenter
+
+
+@pytest.mark.parametrize("arch", ["deeplabv3", "deeplabv3plus", "unet"])
+def test_predict_any_size(arch):
+    import torch
+
+    torch.manual_seed(0)
+    net = build_model(arch, "tu-test_resnet", 3)
+    img = np.random.default_rng(0).integers(0, 255, (37, 53, 3), dtype=np.uint8)
+    m = predict_mask(net, img, mode="three_class", scale=0.7)
+    assert m.shape == (37, 53) and m.dtype == np.uint8 and m.max() <= 2
+    if arch == "unet":  # tiling gives the same shape on an image larger than the tile
+        big = np.random.default_rng(1).integers(0, 255, (90, 150, 3), dtype=np.uint8)
+        assert predict_mask(net, big, mode="three_class", tile=64).shape == (90, 150)
+
+
+def test_augmentation_keeps_image_and_mask_aligned():
+    rng = np.random.default_rng(0)
+    img, mask = field(size=(64, 64), wbcs=((20, 44, 10),), rbcs=())
+    img[mask == 0] = (255, 255, 255)
+    for _ in range(20):
+        a, m = augment_pair(img, mask, rng, crop=48, colour=0.0)
+        assert a.shape == (48, 48, 3) and m.shape == (48, 48)
+        # without colour jitter every background pixel is white and every cell pixel is not
+        assert (a[m == 0] == 255).all() and not (a[m > 0] == 255).all(axis=1).any()
+        a2, m2 = augment_pair(img, mask, np.random.default_rng(1), colour=0.2)
+        assert m2.shape == mask.shape and set(np.unique(m2)) == {0, 1, 2}
+
+
+def test_deeplab_trains_one_step_and_infers_odd_sizes(tmp_path):
+    fields = [field(size=(64, 64), wbcs=((32, 30, 14),), rbcs=((10, 55, 8),), seed=i) for i in range(3)]
+    fields.append(field(size=(45, 71), wbcs=((22, 35, 12),), seed=9))
+    images = image_set(tmp_path / "data", fields)
+    images.table["split"] = ["train", "train", "val", "test"]
+    images.save()
+    comp = make(DeepLabSegmenter, encoder="tu-test_resnet", epochs=1, steps_per_epoch=1, batch_size=2,
+                input_scale=1.0, crop_size=32)
+    ctx = make_context(tmp_path / "w")
+    out = comp.run(ctx, images=images)
+    masks, model = out["masks"], out["model"]
+    assert list(masks.table["image_id"]) == ["im0", "im1", "im2", "im3"]
+    assert masks.read_mask("im3").shape == (45, 71)
+    assert model.meta["n_train"] == 2 and model.meta["n_val"] == 1 and model.meta["best_epoch"] == 1
+    assert (model.path / "model.safetensors").exists()
+    # the saved model segments again without training, identically
+    again = make(DeepLabSegmenter, epochs=0).run(make_context(tmp_path / "w2"), images=images, model=model)
+    np.testing.assert_array_equal(again["masks"].read_mask("im3"), masks.read_mask("im3"))
+
+
+def test_deeplab_errors(tmp_path):
+    images = image_set(tmp_path / "data", [(field()[0], None)])
+    with pytest.raises(DataError, match="deeplabv3 trains on ground-truth masks, and this data set has none"):
+        make(DeepLabSegmenter, encoder="tu-test_resnet").run(make_context(tmp_path / "w"), images=images)
+    with pytest.raises(DataError, match="encoder weights file not found. hemaflow never downloads weights"):
+        build_model("unet", "tu-test_resnet", 3, str(tmp_path / "missing.pth"))
+    with pytest.raises(DataError, match="cannot build encoder 'no-such-encoder'"):
+        build_model("unet", "no-such-encoder", 3)
+
+
+def test_encoder_weights_from_local_file(tmp_path):
+    import torch
+
+    src = build_model("unet", "tu-test_resnet", 3)
+    torch.save(src.encoder.state_dict(), tmp_path / "enc.pth")
+    dst = build_model("unet", "tu-test_resnet", 3, str(tmp_path / "enc.pth"))
+    for k, v in src.encoder.state_dict().items():
+        assert torch.equal(v, dst.encoder.state_dict()[k]), k
+    torch.save({"x": torch.zeros(3)}, tmp_path / "other.pth")
+    with pytest.raises(DataError, match="no parameter of the file matches the encoder"):
+        build_model("unet", "tu-test_resnet", 3, str(tmp_path / "other.pth"))
