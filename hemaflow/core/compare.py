@@ -63,16 +63,22 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def load_runs(paths: Iterable[Path | str]) -> list[RunInfo]:
-    """Read run directories; raise DataError naming the first that is not a hemaflow run."""
+    """Read run directories.
+
+    Raises:
+        UsageError: a path is not a directory or not a run directory (no recipe.resolved.yaml).
+        DataError: a run's recipe or metrics file cannot be parsed (names the file).
+    """
     import yaml
 
     runs = []
     for p in map(Path, paths):
+        # a wrong path on the command line is a usage error (exit 2), a broken run a data error
         if not p.is_dir():
-            raise DataError(p, "no such run directory")
+            raise UsageError(f"{p}: no such run directory")
         rfile = p / "recipe.resolved.yaml"
         if not rfile.exists():
-            raise DataError(p, "not a hemaflow run directory (no recipe.resolved.yaml)")
+            raise UsageError(f"{p}: not a hemaflow run directory (no recipe.resolved.yaml)")
         try:
             recipe = yaml.safe_load(rfile.read_text()) or {}
         except yaml.YAMLError as exc:

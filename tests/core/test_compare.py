@@ -100,10 +100,10 @@ def test_render_comparison_html(two_runs):
 
 
 def test_load_runs_errors(tmp_path):
-    with pytest.raises(DataError, match="no such run directory"):
+    with pytest.raises(UsageError, match="nope: no such run directory"):
         load_runs([tmp_path / "nope"])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match=r"not a hemaflow run directory \(no recipe.resolved.yaml\)"):
+    with pytest.raises(UsageError, match=r"empty: not a hemaflow run directory \(no recipe.resolved.yaml\)"):
         load_runs([tmp_path / "empty"])
     bad = write_run(tmp_path / "bad", RECIPE, {})
     (bad / "metrics.json").write_text("{oops")
