@@ -122,11 +122,12 @@ def test_values_equal_direct_pyradiomics_on_real_cells(tmp_path, real_cells):
         np.testing.assert_allclose(got, np.array(list(ref.values())), rtol=0, atol=1e-9)
 
 
-def test_nucleus_hematoxylin_bincount_equal_direct_pyradiomics(tmp_path, real_cells):
+def test_nucleus_hematoxylin_bincount_equal_direct_pyradiomics(tmp_path, real_cells, capfd):
     from skimage.color import rgb2hed
 
     out = make(RadiomicsFeatures, classes=["firstorder", "glrlm"], region="nucleus", grey="hematoxylin",
                settings={"binCount": 16}).run(make_context(tmp_path), cells=real_cells)["features"]
+    assert capfd.readouterr().err == ""  # pyradiomics' "Fixed bin Count enabled" warning is silenced
     k = 2
     h = rgb2hed(np.asarray(real_cells.crops[k]))[..., 0] * (255 / (1.87798274 + 0))
     ref = direct_pyradiomics(h, real_cells.crop_masks[k] == 2, ["firstorder", "glrlm"], binCount=16)
