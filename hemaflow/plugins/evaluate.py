@@ -70,6 +70,10 @@ def _restrict(images: ImageSet, split: Split | None, partition: str) -> pd.DataF
     if split is None or partition == "all":
         return table
     patients = set(split.table.loc[split.table["partition"] == partition, "patient_id"].astype(str))
+    if not patients:
+        have = sorted(set(split.table["partition"]))
+        raise DataError(split.path, f"the split has no {partition!r} partition (it has {', '.join(have)}); "
+                                    f"set partition to one of them or to 'all'")
     return table[table["patient_id"].astype(str).isin(patients)]
 
 
@@ -336,6 +340,10 @@ class ClassificationEvaluator(Component):
             return table
         if split is not None:
             keep = split.table.loc[split.table["partition"] == part, ["fold", "patient_id"]]
+            if len(keep) == 0:
+                have = sorted(set(split.table["partition"]))
+                raise DataError(split.path, f"the split has no {part!r} partition (it has {', '.join(have)}); "
+                                            f"set partition to one of them or to 'all'")
             keys = set(zip(keep["fold"].astype(int), keep["patient_id"].astype(str)))
             mask = np.zeros(len(table), bool)
             for lv in LEVELS:

@@ -94,6 +94,9 @@ def test_segmentation_partition_and_target(tmp_path, seg_data):
     assert m["n"] == 2 and m["target"] == "nucleus"
     assert m["dice"] == 0.0 and "dice_cell" not in m
     assert [i["type"] for i in ctx.report.items] == ["table", "table"]
+    with pytest.raises(DataError, match=r"the split has no 'val' partition \(it has test, train\); set partition"):
+        make(SegmentationEvaluator, partition="val").run(make_context(tmp_path / "w2"), masks=masks, images=images,
+                                                         split=split)
 
 
 def test_segmentation_binary_truth_and_errors(tmp_path, seg_data):
