@@ -104,7 +104,7 @@ class SyntheticSmears(Component):
 
     kind = "dataset"
     name = "synthetic_smears"
-    version = "1"
+    version = "2"
     schema = {
         "type": "object",
         "properties": {

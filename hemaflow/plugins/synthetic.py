@@ -53,7 +53,7 @@ ALL_CLASSES = ("ALL", "AML", "APL", "CLL", "CML", "NORMAL")
 
 # Stain vectors in optical density (RGB order), unit length.
 _EOSIN = np.array([0.15, 0.70, 0.70])
-_AZURE = np.array([0.52, 0.80, 0.29])
+_AZURE = np.array([0.55, 0.78, 0.22])
 _BLUE = np.array([0.79, 0.56, 0.26])
 STAINS = np.stack([v / np.linalg.norm(v) for v in (_EOSIN, _AZURE, _BLUE)])  # (3 stains, 3 rgb)
 _BACKGROUND_OD = np.array([0.055, 0.085, 0.075])
@@ -143,10 +143,19 @@ def _mix_choice(rng: np.random.Generator, mix: dict[str, float], n: int) -> list
 
 
 def stain_shift(rng: np.random.Generator, variation: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Return perturbed (stain vectors, concentration scales, background OD) for one lab/patient."""
-    vecs = STAINS + rng.normal(0.0, 0.10 * variation, size=STAINS.shape)
+    """Return perturbed (stain vectors, concentration scales, background OD) for one lab/patient.
+
+    Hue shifts stay within what Romanowsky stains do between labs: nuclei stay purple-blue
+    (the azure component keeps absorbing more red than blue) and red cells stay pink-orange;
+    most of the variation is in stain strength and balance (eosin vs azure vs blue).
+    """
+    vecs = STAINS + rng.normal(0.0, 0.045 * variation, size=STAINS.shape)
     vecs = np.clip(vecs, 0.02, None)
     vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    az = vecs[1]
+    if az[0] - az[2] < 0.12:  # keep nuclei purple-blue, never brown-grey
+        az[0] = az[2] + 0.12
+        vecs[1] = az / np.linalg.norm(az)
     scale = np.exp(rng.normal(0.0, 0.18 * variation, size=3))
     bg = np.clip(_BACKGROUND_OD * np.exp(rng.normal(0.0, 0.35 * variation, size=3)), 0.0, 0.3)
     return vecs, scale, bg
