@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hemaflow.plugins.datasets import BCCDFields, SyntheticSmears
+from hemaflow.plugins.datasets import BCCDFields, ClassFolders, SyntheticSmears
 from hemaflow.testing import make, make_context
 
 
@@ -35,6 +35,26 @@ def main() -> None:
     ]:
         with tempfile.TemporaryDirectory() as d:
             timed(name, lambda: make(SyntheticSmears, **kw).run(make_context(d)), n)
+
+    # many small files: what listing, header checks and fingerprints cost per image
+    n_files = 20000
+    with tempfile.TemporaryDirectory() as d:
+        import numpy as np
+        from PIL import Image
+
+        root = Path(d) / "many"
+        tiny = np.zeros((8, 8, 3), np.uint8)
+        for split in ("train", "test"):
+            for cls in ("A", "B"):
+                (root / split / cls).mkdir(parents=True)
+        for i in range(n_files):
+            Image.fromarray(tiny).save(root / ("train", "test")[i % 2] / ("A", "B")[(i // 2) % 2] / f"{i:06d}.png")
+        for validate in ("none", "header"):
+            with tempfile.TemporaryDirectory() as w:
+                timed(f"class_folders {n_files} files, validate={validate}",
+                      lambda: make(ClassFolders, root=str(root), validate=validate).run(make_context(w)), n_files)
+        timed(f"class_folders {n_files} files, fingerprint", lambda: make(ClassFolders, root=str(root)).fingerprint(),
+              n_files)
 
     bccd = Path("../shared/data/bccd-fields")
     if bccd.exists():

@@ -310,7 +310,7 @@ class FileDataset(Component):
         if classes:
             keep = []
             for r in records:
-                if r["label"] in classes or (r["label"] == "" and p.get("allow_unlabelled", False)):
+                if r["label"] in classes:
                     keep.append(r)
                 else:
                     bad(r["source"], f"label {r['label']!r} is not in the class list {list(classes)}")
@@ -350,6 +350,9 @@ class FileDataset(Component):
             table = table.drop(columns="mask_path")
         if not classes:
             classes = sorted(x for x in table["label"].unique() if x != "")
+        empty = [c for c in classes if not (table["label"] == c).any()]
+        if empty:
+            ctx.warn(f"class(es) {empty} of the class list have no images")
         meta = {"classes": list(classes), "mask_spec": self.mask_spec() or {"mode": "binary"},
                 "patients_are_images": lst.patients_are_images, "skipped": skipped, "source": self.name,
                 "validate": validate}
@@ -481,6 +484,9 @@ class Manifest(FileDataset):
             pid = _cell(row[pcol]) if pcol else ""
             if not img_val:
                 problems.append((src, f"patient {pid!r} has no image" if pid else "row has no image path"))
+                continue
+            if pcol and not pid:
+                problems.append((src, f"row has no patient id (column {pcol!r})"))
                 continue
             img, err = resolve(img_val, src)
             if err:

@@ -142,6 +142,17 @@ def test_manifest_patient_without_image(manifest_dir, tmp_path):
         run(Manifest, tmp_path, path=path)
 
 
+def test_manifest_row_without_patient_id(manifest_dir, tmp_path):
+    path = _edit_manifest(manifest_dir, {(2, "patient"): ""})
+    with pytest.raises(DataError, match=r"manifest.csv:4: row has no patient id \(column 'patient'\)"):
+        run(Manifest, tmp_path, path=path)
+
+
+def test_class_without_images_warns(manifest_dir, tmp_path):
+    _, ctx = run(Manifest, tmp_path, path=str(manifest_dir / "manifest.csv"), classes=["ALL", "AML", "CLL"])
+    assert ctx.warnings == ["class(es) ['CLL'] of the class list have no images"]
+
+
 def test_manifest_missing_column_and_file(manifest_dir, tmp_path):
     with pytest.raises(DataError, match=r"manifest has no column 'diagnosis'; its columns are \['image', "):
         run(Manifest, tmp_path, path=str(manifest_dir / "manifest.csv"), label_column="diagnosis")
