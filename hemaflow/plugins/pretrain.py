@@ -64,6 +64,22 @@ def create_backbone(name: str, pretrained: str | None = None):
     return model
 
 
+def feature_dim(backbone, size: int) -> int:
+    """Width of the backbone's pooled output at ``size`` px (timm's ``num_features`` is not
+    always it: MobileNetV3 adds a head convolution)."""
+    import torch
+
+    was = backbone.training
+    backbone.eval()
+    try:
+        with torch.no_grad():
+            return int(backbone(torch.zeros(1, 3, size, size)).shape[1])
+    except RuntimeError as exc:
+        raise DataError("<recipe>", f"the backbone cannot take {size} px inputs ({exc}); raise image_size") from None
+    finally:
+        backbone.train(was)
+
+
 def crops_to_tensor(crops: np.ndarray, size: int):
     """uint8 (N,S,S,3) -> float tensor (N,3,size,size) normalized with ImageNet statistics."""
     import torch
@@ -124,7 +140,7 @@ def embed(backbone, crops: np.ndarray, size: int, batch_size: int) -> np.ndarray
     with torch.no_grad():
         for i in range(0, len(crops), batch_size):
             out.append(backbone(crops_to_tensor(crops[i:i + batch_size], size)).numpy())
-    dim = backbone.num_features
+    dim = feature_dim(backbone, size) if not out else out[0].shape[1]
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, dim), np.float32)
 
 
@@ -138,7 +154,7 @@ def pretrain_fold(backbone, crops: np.ndarray, y: np.ndarray | None, val_crops: 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
-    dim = backbone.num_features
+    dim = feature_dim(backbone, int(params["image_size"]))
     if mode == "weak":
         head = nn.Linear(dim, n_classes)
     else:
@@ -172,7 +188,7 @@ def pretrain_fold(backbone, crops: np.ndarray, y: np.ndarray | None, val_crops: 
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss)
+            total += float(loss.detach())
             nb += 1
         rec = {"epoch": epoch, "train_loss": total / max(1, nb)}
         if mode == "weak" and val_y is not None and len(val_crops):
