@@ -448,11 +448,31 @@ def _train_folds(ctx: RunContext, comp: Component, *, split: Any, rows: pd.DataF
         report_learning_curves,
         save_checkpoint,
         seed_everything,
+        torch_threads,
         train_config,
         write_history,
     )
 
     cfg = train_config(comp.params)
+    with torch_threads(int(cfg["threads"])):
+        return _train_folds_inner(ctx, comp, cfg, split=split, rows=rows, classes=classes, level=level, build=build,
+                                  make_data=make_data, forward=forward, prepare_fold=prepare_fold,
+                                  after_fold=after_fold, extra_meta=extra_meta, source=source)
+
+
+def _train_folds_inner(ctx: RunContext, comp: Component, cfg: Any, *, split: Any, rows: pd.DataFrame,
+                       classes: list[str], level: str, build: Callable[[], Any], make_data: Callable,
+                       forward: Callable, prepare_fold: Callable | None, after_fold: Callable | None,
+                       extra_meta: dict[str, Any] | None, source: Any) -> dict[str, Any]:
+    from hemaflow.plugins.training import (
+        fit,
+        predict_proba,
+        report_learning_curves,
+        save_checkpoint,
+        seed_everything,
+        write_history,
+    )
+
     _check_split(ctx, split, rows)
     model_dir = ctx.out_dir("model")
     frames, histories, fold_info = [], {}, []

@@ -31,6 +31,7 @@ Components merge :data:`TRAIN_SCHEMA` into their own parameter schema
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -38,7 +39,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence, TypedDict
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, TypedDict
 
 import numpy as np
 
@@ -72,6 +73,7 @@ class TrainConfig(TypedDict, total=False):
     amp: bool
     grad_clip: float  # 0 = off
     num_workers: int
+    threads: int
     augment: AugmentConfig
 
 
@@ -111,6 +113,9 @@ TRAIN_SCHEMA: dict[str, Any] = {
     "amp": {"type": "boolean", "default": True, "description": "mixed precision (CUDA only; ignored on CPU)"},
     "grad_clip": {"type": "number", "minimum": 0, "default": 1.0, "description": "gradient norm clip (0 = off)"},
     "num_workers": {"type": "integer", "minimum": 0, "default": 0, "description": "DataLoader worker processes"},
+    "threads": {"type": "integer", "minimum": 0, "default": 0,
+                "description": "torch CPU threads while training (0 = torch's default); 1 is much faster on a busy "
+                               "shared machine, where extra threads spin against other processes"},
     "augment": AUGMENT_SCHEMA,
 }
 
@@ -303,8 +308,6 @@ def _to_device(batch: Any, device: str) -> Any:
 
 
 def _autocast(device: str, amp: bool):
-    import contextlib
-
     import torch
 
     if amp and device.startswith("cuda"):
@@ -409,10 +412,34 @@ def fit(model: Any, train_data: Any, val_data: Any | None, *, forward: Callable,
     Returns:
         :class:`FitResult`.
     """
+    cfg = train_config(config)
+    with torch_threads(int(cfg.get("threads") or 0)):
+        return _fit(model, train_data, val_data, forward=forward, cfg=cfg, ctx=ctx, classes=classes, loss_fn=loss_fn,
+                    collate_fn=collate_fn, name=name, seed=seed, device=device)
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Limit torch's CPU threads to ``n`` inside the block (``n <= 0``: leave them alone)."""
+    import torch
+
+    if n <= 0:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _fit(model: Any, train_data: Any, val_data: Any | None, *, forward: Callable, cfg: TrainConfig,
+         ctx: "RunContext | None", classes: Sequence[str] | None, loss_fn: Callable | None,
+         collate_fn: Callable | None, name: str, seed: int | None, device: str | None) -> FitResult:
     import torch
     import torch.nn.functional as F
 
-    cfg = train_config(config)
     device = device or (ctx.device if ctx is not None else "cpu")
     if seed is None:
         seed = ctx.torch_seed("fit", name) if ctx is not None else 0
