@@ -449,6 +449,10 @@ COMMON_PROPERTIES: dict[str, Any] = {
                "description": "width of the instance projection (and of the pooled bag vector)"},
     "dropout": {"type": "number", "minimum": 0, "maximum": 0.9, "default": 0.25,
                 "description": "dropout after the instance projection"},
+    "modalities": {"type": ["array", "null"], "items": {"enum": ["embeddings", "features"]}, "minItems": 1,
+                   "uniqueItems": True, "default": None,
+                   "description": "instance inputs to use: embeddings (CNN), features (radiomics); null: every "
+                                  "connected one. Ablations set [embeddings] (image only) or [features] (radiomics only)"},
     "max_instances": {"type": "integer", "minimum": 0, "default": 512,
                       "description": "training only: a larger bag contributes a fresh random subset of this "
                                      "many instances each epoch (0: no cap); inference always uses all instances"},
@@ -504,6 +508,13 @@ class MILComponent(Component):
         from safetensors.torch import save_file
 
         p = self.params
+        if p.get("modalities"):
+            given = {"embeddings": embeddings, "features": features}
+            for m in p["modalities"]:
+                if given[m] is None:
+                    raise DataError("<recipe>", f"modalities lists {m!r} but the step has no {m!r} input")
+            embeddings = embeddings if "embeddings" in p["modalities"] else None
+            features = features if "features" in p["modalities"] else None
         inst = build_instances(embeddings=embeddings, features=features, cells=cells)
         table, classes = inst.table, inst.classes
         if not classes:
