@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from hemaflow.plugins.datasets import SyntheticSmears
 from hemaflow.plugins.synthetic import ABNORMAL_MIX, CELL_TYPES, NORMAL_MIX, patient_plan, render_field
