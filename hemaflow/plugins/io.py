@@ -64,6 +64,8 @@ def read_array(path: Path | str) -> np.ndarray:
                 im = im.convert("RGBA" if "transparency" in im.info else "RGB")
             if im.mode == "1":
                 return np.asarray(im.convert("L"))
+            if im.mode in ("CMYK", "YCbCr", "LAB", "HSV"):
+                im = im.convert("RGB")
             if im.mode in ("LA", "PA"):
                 im = im.convert("LA")
             return np.asarray(im)

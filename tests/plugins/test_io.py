@@ -32,6 +32,13 @@ def test_jpeg_is_close(tmp_path):
     assert out.shape == (16, 16, 3) and np.abs(out.astype(int) - smooth).max() <= 3
 
 
+def test_cmyk_jpeg_becomes_rgb(tmp_path):
+    rgb = np.zeros((8, 8, 3), np.uint8) + np.array([200, 40, 90], np.uint8)
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "c.jpg", quality=100)
+    out = io.read_image(tmp_path / "c.jpg")
+    assert out.shape == (8, 8, 3) and np.abs(out.astype(int) - rgb).max() <= 6
+
+
 def test_grey_8_and_16_bit(tmp_path):
     g8 = np.arange(0, 240, 2, dtype=np.uint8).reshape(10, 12)
     Image.fromarray(g8).save(tmp_path / "g8.png")
