@@ -7,7 +7,6 @@ report items (tables, overlays, confusion matrices, ROC curves).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np

@@ -126,7 +126,7 @@ class MlflowTracker(Component):
         Also writes ``run_dir/mlflow.json`` with the tracking URI, experiment and run id.
         """
         try:
-            from mlflow.entities import Metric, Param, RunTag
+            from mlflow.entities import Metric, Param
             from mlflow.tracking import MlflowClient
         except ImportError:
             raise PluginError("the mlflow tracker needs MLflow, which is not installed: "

@@ -7,7 +7,6 @@ from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import yaml
 
 from hemaflow.plugins.evaluate import ClassificationEvaluator, SegmentationEvaluator
