@@ -343,7 +343,7 @@ class ClassificationEvaluator(Component):
                 have = sorted(set(split.table["partition"]))
                 raise DataError(split.path, f"the split has no {part!r} partition (it has {', '.join(have)}); "
                                             f"set partition to one of them or to 'all'")
-            keys = set(zip(keep["fold"].astype(int), keep["patient_id"].astype(str)))
+            keys = set(zip(keep["fold"].astype(str), keep["patient_id"].astype(str)))
             mask = np.zeros(len(table), bool)
             for lv in LEVELS:
                 rows = (table["level"] == lv).to_numpy()
@@ -353,7 +353,7 @@ class ClassificationEvaluator(Component):
                 if pid is None:
                     raise DataError(split.path, f"cannot restrict {lv} predictions to the {part!r} partition: "
                                                 "they carry no patient_id column")
-                mask[rows] = [(int(f), p) in keys for f, p in zip(table.loc[rows, "fold"], pid)]
+                mask[rows] = [(str(f), p) in keys for f, p in zip(table.loc[rows, "fold"], pid)]
             out = table[mask]
         elif "partition" in table.columns:
             out = table[table["partition"].astype(str) == part]
