@@ -90,8 +90,9 @@ class ImageSet(TableArtifact):
             table["mask_path"] = [str(self.resolve(m)) if isinstance(m, str) and m else m
                                   for m in table["mask_path"]]
         new_meta = dict(self.meta)
-        if new_meta.get("cell_truth"):
-            new_meta["cell_truth"] = str(self.resolve(new_meta["cell_truth"]))
+        for key in ("cell_truth", "patients"):  # side tables stored beside the original set
+            if isinstance(new_meta.get(key), str) and new_meta[key]:
+                new_meta[key] = str(self.resolve(new_meta[key]))
         new_meta.update(meta)
         return ImageSet(path, table, new_meta)
 
