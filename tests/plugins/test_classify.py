@@ -396,3 +396,56 @@ def test_multimodal_errors(tmp_path, data):
             make_context(tmp_path), cells=data["cells"], features=data["image_features"].__class__(
                 tmp_path / "x", ft.table.assign(cell_id="zz" + ft.table["cell_id"]), dict(ft.meta)).save(),
             split=data["split"])
+
+
+def _fold0_rows(out):
+    t = out["predictions"].table
+    return t[t["fold"] == 0].set_index("id").sort_index()
+
+
+@pytest.mark.parametrize("which", ["image", "tabular", "sklearn", "multimodal"])
+def test_apply_classifier_reproduces_fold_predictions(tmp_path, data, which):
+    """Applying fold 0's saved model to the data gives exactly fold 0's test predictions."""
+    from hemaflow.plugins.classify import ApplyClassifier
+
+    if which == "image":
+        out = make(ImageClassifier, backbone="test_resnet", image_size=32, mask_attention="valve",
+                   **dict(TINY, epochs=1)).run(make_context(tmp_path / "t"), images=data["images"], split=data["split1"])
+        inputs = {"images": data["images"]}
+    elif which == "tabular":
+        out = make(TabularAttention, token_dim=8, heads=2, depth=1, **TINY).run(
+            make_context(tmp_path / "t"), features=data["cell_features"], split=data["split1"])
+        inputs = {"features": data["cell_features"]}
+    elif which == "sklearn":
+        out = make(SklearnClassifier).run(make_context(tmp_path / "t"), features=data["cell_features"],
+                                          split=data["split1"])
+        inputs = {"features": data["cell_features"]}
+    else:
+        out = make(MultiModal, backbone="test_resnet", image_size=32, input="cell", hidden=16,
+                   **dict(TINY, epochs=1)).run(make_context(tmp_path / "t"), cells=data["cells"],
+                                               features=data["cell_features"], split=data["split1"])
+        inputs = {"cells": data["cells"], "features": data["cell_features"]}
+    applied = make(ApplyClassifier, fold=0).run(make_context(tmp_path / "a"), model=out["model"], **inputs)
+    a = applied["predictions"].table.set_index("id")
+    own = _fold0_rows(out)
+    np.testing.assert_allclose(a.loc[own.index, ["prob_A", "prob_B"]].to_numpy(),
+                               own[["prob_A", "prob_B"]].to_numpy(), rtol=1e-5, atol=1e-6)
+    assert len(a) == len(inputs.get("cells", inputs.get("images", inputs.get("features"))).table)
+
+
+def test_apply_classifier_errors(tmp_path, data):
+    from hemaflow.plugins.classify import ApplyClassifier
+
+    ft = data["cell_features"]
+    out = make(SklearnClassifier).run(make_context(tmp_path / "t"), features=ft, split=data["split1"])
+    missing = FeatureTable(tmp_path / "m", ft.table.drop(columns=["radiomics_f3"]), dict(ft.meta)).save()
+    with pytest.raises(DataError, match=r"missing 1 column\(s\) the model was trained on: \['radiomics_f3'\]"):
+        make(ApplyClassifier).run(make_context(tmp_path), model=out["model"], features=missing)
+    other = FeatureTable(tmp_path / "o", ft.table.assign(label="B"), dict(ft.meta, classes=["B", "C"])).save()
+    with pytest.raises(DataError, match=r"class list \['B', 'C'\] differs from the one the model was trained on "
+                                        r"\['A', 'B'\]"):
+        make(ApplyClassifier).run(make_context(tmp_path), model=out["model"], features=other)
+    with pytest.raises(DataError, match=r"the model has no fold 3 \(folds \[0\]\)"):
+        make(ApplyClassifier, fold=3).run(make_context(tmp_path), model=out["model"], features=ft)
+    ens = make(ApplyClassifier).run(make_context(tmp_path / "e"), model=out["model"], features=ft)
+    assert set(ens["predictions"].table["fold"]) == {0}  # one fold: its own number
