@@ -125,23 +125,30 @@ def _flat(state: dict[str, Any]) -> np.ndarray:
     return np.concatenate([np.ravel(np.asarray(v, np.float64)) for v in state.values()])
 
 
-def _resize(img: np.ndarray, size: list[int] | None) -> np.ndarray:
+def _resize(img: np.ndarray, size: list[int] | None, nearest: bool = False) -> np.ndarray:
     if not size or (img.shape[0] == size[0] and img.shape[1] == size[1]):
         return img
     from PIL import Image
 
-    return np.asarray(Image.fromarray(img).resize((size[1], size[0]), Image.BILINEAR))
+    return np.asarray(Image.fromarray(img).resize((size[1], size[0]), Image.NEAREST if nearest else Image.BILINEAR))
 
 
 def _normalize_one(item: tuple) -> dict[str, Any]:
     """Worker for ctx.map: read, check, normalize and write one image."""
     from hemaflow.plugins import io
 
-    image_id, src, dst, kind, state, params = item
+    image_id, src, dst, kind, state, params, mask = item
     try:
-        img = _resize(io.read_image(src), params["resize"])
+        raw = io.read_image(src)
+        img = _resize(raw, params["resize"])
+        if mask is not None:  # resized images get their masks resized alongside (nearest)
+            m = io.read_mask(mask[0], mask[1])
+            if m.shape != raw.shape[:2]:
+                raise DataError(mask[0], f"mask is {m.shape[1]}x{m.shape[0]} but the image is "
+                                f"{raw.shape[1]}x{raw.shape[0]}")
+            io.write_png(mask[2], _resize(m, params["resize"], nearest=True))
     except DataError as exc:
-        return {"image_id": image_id, "outcome": "error", "reason": exc.problem}
+        return {"image_id": image_id, "outcome": "error", "reason": exc.problem, "file": exc.path}
     problem = stain_problem(img, Io=params.get("Io", 240), beta=params.get("beta", 0.15),
                             min_stained_fraction=params["min_stained_fraction"], two_stains=kind == "macenko")
     if problem is None:
@@ -156,6 +163,23 @@ def _normalize_one(item: tuple) -> dict[str, Any]:
         return {"image_id": image_id, "outcome": "failed", "reason": problem}
     io.write_png(dst, out)
     return {"image_id": image_id, "outcome": "normalized", "reason": ""}
+
+
+def _scale_truth(truth: pd.DataFrame, table: pd.DataFrame, images: Any, size: list[int]) -> pd.DataFrame:
+    """Rescale generator cell centroids to resized images (reads each image's size from its header)."""
+    from PIL import Image
+
+    truth = truth.copy()
+    truth["image_id"] = truth["image_id"].astype(str)
+    for _, r in table.iterrows():
+        sel = truth["image_id"] == str(r["image_id"])
+        if not sel.any():
+            continue
+        with Image.open(images.image_path(r)) as im:
+            w, h = im.size
+        truth.loc[sel, "centroid_y"] = truth.loc[sel, "centroid_y"] * size[0] / h
+        truth.loc[sel, "centroid_x"] = truth.loc[sel, "centroid_x"] * size[1] / w
+    return truth
 
 
 def _descriptor(item: tuple) -> list[float] | None:
@@ -246,13 +270,21 @@ class _StainNormalizer(Component):
         out = ctx.out_dir("images")
         (out / "images").mkdir(exist_ok=True)
         table = images.table.reset_index(drop=True)
-        items = [(str(r["image_id"]), str(images.image_path(r)), str(out / f"images/{i:06d}.png"),
-                  self.stain_kind, state, params) for i, r in table.iterrows()]
+        resize_masks = bool(p["resize"]) and images.has_masks()
+        spec = images.meta.get("mask_spec")
+        items = []
+        for i, r in table.iterrows():
+            mp = r.get("mask_path") if resize_masks else None
+            has_mask = not (mp is None or (isinstance(mp, float) and np.isnan(mp)) or mp == "")
+            mask = (str(images.resolve(mp)), spec, str(out / f"images/{i:06d}_mask.png")) if has_mask else None
+            items.append((str(r["image_id"]), str(images.image_path(r)), str(out / f"images/{i:06d}.png"),
+                          self.stain_kind, state, params, mask))
         results = ctx.map(_normalize_one, items, description=f"{self.stain_kind} normalization")
         keep, outcomes, skipped = [], [], []
         for i, res in enumerate(results):
             src = items[i][1]
             if res["outcome"] == "error":
+                src = res.get("file", src)
                 if p["on_failure"] == "stop":
                     raise DataError(src, res["reason"])
                 skipped.append({"file": src, "reason": res["reason"]})
@@ -272,12 +304,19 @@ class _StainNormalizer(Component):
         new = table.iloc[keep].copy()
         new["path"] = [f"images/{i:06d}.png" for i in keep]
         new["stain_outcome"] = outcomes
-        if "mask_path" in new.columns:  # masks stay where they are: make their paths absolute
+        meta = dict(images.meta)
+        if resize_masks:
+            new["mask_path"] = [f"images/{i:06d}_mask.png" if items[i][6] is not None else None for i in keep]
+            meta["mask_spec"] = {"mode": "canonical"}
+        elif "mask_path" in new.columns:  # masks stay where they are: make their paths absolute
             new["mask_path"] = [None if (m is None or (isinstance(m, float) and np.isnan(m)) or m == "")
                                 else str(images.resolve(m)) for m in new["mask_path"]]
-        meta = dict(images.meta)
-        if meta.get("cell_truth"):
-            meta["cell_truth"] = str(images.resolve(meta["cell_truth"]))
+        truth = images.cell_truth()
+        if truth is not None:
+            if p["resize"]:  # cell centroids follow the resized images
+                truth = _scale_truth(truth, table, images, p["resize"])
+            truth.to_parquet(out / "cell_truth.parquet")
+            meta["cell_truth"] = "cell_truth.parquet"
         counts = pd.Series(outcomes).value_counts().to_dict() if outcomes else {}
         meta.update({"normalizer": self.stain_kind, "stain_reference": str(ref_path),
                      "stain_reference_from": ref_note, "stain_state": state,

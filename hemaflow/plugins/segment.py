@@ -33,6 +33,8 @@ from hemaflow.core.markers import hookimpl
 #: Default lower bound of the threshold per channel (channel values as computed by
 #: :func:`nucleus_channel`): keeps fields without a white cell empty when Otsu would split noise.
 MIN_THRESHOLD = {"blue_red": 0.08, "hematoxylin": 0.035, "saturation": 0.2}
+#: ``min_nucleus_area: null`` means this fraction of the image area.
+AUTO_MIN_NUCLEUS_FRACTION = 0.0005
 
 
 # -- shared helpers (also used by postprocess and cells) --------------------------------------
@@ -93,7 +95,7 @@ def _disk(r: int) -> np.ndarray:
 
 def classical_mask(img: np.ndarray, *, channel: str = "blue_red", method: str = "otsu",
                    min_threshold: float | None = None, opening_radius: int = 2, closing_radius: int = 5,
-                   min_nucleus_area: int = 150, cytoplasm_ratio: float = 0.05) -> np.ndarray:
+                   min_nucleus_area: int | None = None, cytoplasm_ratio: float = 0.05) -> np.ndarray:
     """Segment white cells in one RGB image; return uint8 0 background / 1 cytoplasm / 2 nucleus.
 
     Example:
@@ -120,6 +122,8 @@ def classical_mask(img: np.ndarray, *, channel: str = "blue_red", method: str = 
     out = np.zeros(img.shape[:2], np.uint8)
     if n == 0:
         return out
+    if min_nucleus_area is None:
+        min_nucleus_area = int(round(AUTO_MIN_NUCLEUS_FRACTION * img.shape[0] * img.shape[1]))
     areas = np.bincount(lab.ravel(), minlength=n + 1)
     keep = areas >= min_nucleus_area
     keep[0] = False
@@ -185,8 +189,9 @@ class ClassicalSegmenter(Component):
                                "description": "disk radius (px) of the opening that removes specks"},
             "closing_radius": {"type": "integer", "minimum": 0, "maximum": 50, "default": 5,
                                "description": "disk radius (px) of the closing that joins nucleus lobes"},
-            "min_nucleus_area": {"type": "integer", "minimum": 0, "default": 150,
-                                 "description": "nuclei smaller than this (px) are dropped (platelets, debris)"},
+            "min_nucleus_area": {"type": ["integer", "null"], "minimum": 0, "default": None,
+                                 "description": "nuclei smaller than this (px) are dropped (platelets, debris); "
+                                                "null: 0.05% of the image area (154 px at 640x480, 33 px at 256x256)"},
             "cytoplasm_ratio": {"type": "number", "minimum": 0, "maximum": 3, "default": 0.05,
                                 "description": "cell = convex hull of the nucleus grown by this x sqrt(nucleus area) px"},
             "on_error": ON_ERROR,

@@ -118,3 +118,14 @@ def test_resize(tmp_path):
     images = image_set(tmp_path / "data", [field()])
     out = make(ReinhardNormalizer, resize=[48, 64]).run(make_context(tmp_path / "w"), images=images)["images"]
     assert out.read_image("im0").shape == (48, 64, 3)
+
+
+def test_resize_keeps_masks_and_truth_aligned(tmp_path):
+    img, mask = field(size=(96, 128), wbcs=((48, 40, 18),))
+    truth = pd.DataFrame({"image_id": ["im0"], "centroid_y": [48.0], "centroid_x": [40.0], "truth": ["normal"]})
+    images = image_set(tmp_path / "data", [(img, mask)], cell_truth=truth)
+    out = make(MacenkoNormalizer, resize=[48, 64]).run(make_context(tmp_path / "w"), images=images)["images"]
+    m = out.read_mask("im0")
+    assert m.shape == (48, 64) and m[24, 20] == 2 and m[0, 0] == 0
+    t = out.cell_truth()
+    assert (float(t["centroid_y"][0]), float(t["centroid_x"][0])) == (24.0, 20.0)
