@@ -30,8 +30,6 @@ Example::
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -442,16 +440,7 @@ def _train_folds(ctx: RunContext, comp: Component, *, split: Any, rows: pd.DataF
     returns it; ``make_data(idx, train, state)`` builds a data set; ``after_fold(net, state,
     test_idx, fold)`` collects extras (attention weights).
     """
-    from hemaflow.plugins.training import (
-        fit,
-        predict_proba,
-        report_learning_curves,
-        save_checkpoint,
-        seed_everything,
-        torch_threads,
-        train_config,
-        write_history,
-    )
+    from hemaflow.plugins.training import torch_threads, train_config
 
     cfg = train_config(comp.params)
     with torch_threads(int(cfg["threads"])):
@@ -977,7 +966,7 @@ class ApplyClassifier(Component):
         columns = meta.get("feature_columns")
         if columns is not None:
             if features is None:
-                raise DataError(ctx.workdir, f"the model was trained with features: give a `features` input")
+                raise DataError(ctx.workdir, "the model was trained with features: give a `features` input")
             xf, _ = feature_matrix(features, columns)
             if comp == "multimodal":
                 key = features.table["cell_id" if level == "cell" else "image_id"].astype(str).to_numpy()

@@ -335,8 +335,6 @@ def balanced_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 def evaluate(model: Any, data: Any, *, forward: Callable, config: TrainConfig, device: str = "cpu",
              collate_fn: Callable | None = None) -> dict[str, float]:
     """Plain (unweighted, unsmoothed) cross-entropy, accuracy and balanced accuracy on ``data``."""
-    import torch.nn.functional as F
-
     probs, labels, loss = _predict(model, data, forward=forward, config=config, device=device,
                                    collate_fn=collate_fn, with_loss=True)
     pred = probs.argmax(1)
