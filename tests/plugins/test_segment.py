@@ -169,3 +169,31 @@ def test_encoder_weights_from_local_file(tmp_path):
     torch.save({"x": torch.zeros(3)}, tmp_path / "other.pth")
     with pytest.raises(DataError, match="no parameter of the file matches the encoder"):
         build_model("unet", "tu-test_resnet", 3, str(tmp_path / "other.pth"))
+
+
+# -- sam ---------------------------------------------------------------------------------------
+from hemaflow.plugins.segment import SamSegmenter, prompt_boxes  # noqa: E402
+
+
+def test_sam_contract(registry):
+    check_component(SamSegmenter)
+    assert registry.get("segmenter", "sam") is SamSegmenter
+
+
+def test_sam_clear_errors(tmp_path, monkeypatch):
+    images = image_set(tmp_path / "data", [field()])
+    with pytest.raises(DataError, match="no checkpoint: set checkpoint: to a local SAM or MedSAM .pth file"):
+        make(SamSegmenter).run(make_context(tmp_path / "w"), images=images)
+    with pytest.raises(DataError, match="sam_vit_b.pth: SAM checkpoint not found"):
+        make(SamSegmenter, checkpoint=str(tmp_path / "sam_vit_b.pth")).run(make_context(tmp_path / "w"), images=images)
+    (tmp_path / "sam_vit_b.pth").write_bytes(b"x")
+    monkeypatch.setitem(__import__("sys").modules, "segment_anything", None)  # package not installed
+    with pytest.raises(DataError, match="needs the optional package segment-anything: pip install segment-anything"):
+        make(SamSegmenter, checkpoint=str(tmp_path / "sam_vit_b.pth")).run(make_context(tmp_path / "w"), images=images)
+
+
+def test_sam_prompt_boxes_from_classical_mask():
+    img, truth = field(wbcs=((48, 40, 18), (20, 100, 8)), rbcs=())
+    boxes = prompt_boxes(truth, margin=0.0)
+    assert boxes == [(92, 12, 109, 29), (22, 30, 59, 67)]  # label order: top cell first
+    assert prompt_boxes(truth, margin=1.0)[0] == (75, 0, 126, 46)
