@@ -376,6 +376,13 @@ def extract_one(rgb: np.ndarray, mask: np.ndarray, config: dict[str, Any],
     return {k: float(v) for k, v in result.items() if not k.startswith("diagnostics_")}, ""
 
 
+@functools.lru_cache(maxsize=2)
+def _open_crops(path: str, mtime_ns: int) -> tuple[np.ndarray, np.ndarray]:
+    """The CellSet's crops and crop masks, memory-mapped once per worker process."""
+    return (np.load(Path(path) / "crops.npy", mmap_mode="r"),
+            np.load(Path(path) / "crop_masks.npy", mmap_mode="r"))
+
+
 @contextlib.contextmanager
 def itk_threads(n: int):
     """Run SimpleITK filters with ``n`` threads (0: leave SimpleITK's default), then restore.
@@ -404,8 +411,7 @@ def extract_cells_chunk(task: tuple[str, list[int], dict[str, Any]]) -> list[tup
     worker, so only indices and the config cross process boundaries.
     """
     path, indices, config = task
-    crops = np.load(Path(path) / "crops.npy", mmap_mode="r")
-    masks = np.load(Path(path) / "crop_masks.npy", mmap_mode="r")
+    crops, masks = _open_crops(str(path), (Path(path) / "crops.npy").stat().st_mtime_ns)
     out = []
     ex = make_extractor(config)
     with itk_threads(config.get("itk_threads", 1)):
