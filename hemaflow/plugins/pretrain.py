@@ -254,8 +254,8 @@ class InstanceEncoder(Component):
                             "description": "simclr: NT-Xent temperature"},
             "projection_dim": {"type": "integer", "minimum": 2, "default": 64,
                                "description": "simclr: output size of the projection head"},
-            "threads": {"type": "integer", "minimum": 0, "default": 0,
-                        "description": "torch CPU threads (0: leave torch's default)"},
+            "threads": {"type": "integer", "minimum": 0, "default": 1,
+                        "description": "torch CPU threads for this step (0: torch default). 1 is the default: on busy or small machines several threads are often much slower"},
         },
         "additionalProperties": False,
     }
@@ -264,13 +264,22 @@ class InstanceEncoder(Component):
 
     def run(self, ctx: RunContext, cells, split=None) -> dict[str, Any]:
         import torch
+
+        threads = torch.get_num_threads()
+        if self.params["threads"]:
+            torch.set_num_threads(int(self.params["threads"]))
+        try:
+            return self._run(ctx, cells, split)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _run(self, ctx: RunContext, cells, split) -> dict[str, Any]:
+        import torch
         from safetensors.torch import save_file
 
         from hemaflow.plugins.artifacts import FeatureTable
 
         p = self.params
-        if p["threads"]:
-            torch.set_num_threads(int(p["threads"]))
         mode = p["pretrain"]
         if mode != "none" and split is None:
             raise DataError(cells.path, f"pretrain: {mode} needs a `split` input (pre-training uses each "

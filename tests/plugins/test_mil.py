@@ -177,3 +177,27 @@ def test_per_fold_embeddings_and_radiomics_are_joined_on_cell_id(tmp_path, data)
 def test_needs_instance_features(tmp_path, data):
     with pytest.raises(DataError, match="needs an `embeddings` or a `features` input"):
         make(mil.MeanMIL).run(make_context(tmp_path), split=data[2], cells=data[1])
+
+
+def test_embedding_pca_is_fitted_on_training_rows_only():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(50, 20)).astype(np.float32)
+    train = np.arange(30)
+    z, fitted = mil.fit_pca(x, train, 4)
+    x2 = x.copy()
+    x2[30:] *= 100  # test rows changed: the fitted projection must not move
+    z2, fitted2 = mil.fit_pca(x2, train, 4)
+    assert z.shape == (50, 4) and np.allclose(fitted["pca_components"], fitted2["pca_components"])
+    assert np.allclose(z[:30], z2[:30], atol=1e-4)
+
+
+def test_modalities_select_instance_inputs(tmp_path, data):
+    feats, cells, split = data
+    t = feats.table
+    emb = FeatureTable(tmp_path / "emb", t[["cell_id", "image_id", "patient_id", "label"]].assign(e0=1.0, e1=2.0),
+                       {"feature_columns": ["e0", "e1"], "classes": ["AML", "NORMAL"]}).save()
+    res = make(mil.MeanMIL, epochs=1, modalities=["features"], gallery_patients=0).run(
+        make_context(tmp_path / "a"), split=split, embeddings=emb, features=feats)
+    assert res["model"].meta["blocks"] == ["features"] and res["model"].meta["in_dim"] == 6
+    with pytest.raises(DataError, match="modalities lists 'embeddings' but the step has no 'embeddings' input"):
+        make(mil.MeanMIL, modalities=["embeddings"]).run(make_context(tmp_path / "b"), split=split, features=feats)
