@@ -3,6 +3,8 @@
 (a) ``dice``: classical vs a learned segmenter (DeepLabV3(+)/U-Net) on the BCCD test split,
     whole white cell and nucleus Dice at full resolution. The learned model trains on the
     BCCD ``train`` list and is selected on ``val``; ``test`` is only scored.
+(c) ``stain``: classical Dice on the test list on raw vs Macenko / Reinhard normalized fields
+    (reference chosen automatically among the training fields), blue-red vs hematoxylin channel.
 (b) ``throughput``: normalize (macenko) -> classical -> morphology -> cell crops on 640x480
     fields through hemaflow components, images/s, and the ratio to a plain loop calling the
     same library functions directly (torchstain, numpy/scipy/skimage), in one process.
@@ -10,6 +12,7 @@
 Usage::
 
     python benchmarks/bench_segment.py dice --arch deeplabv3plus --encoder resnet18 --epochs 30
+    python benchmarks/bench_segment.py stain
     python benchmarks/bench_segment.py throughput --n 40
 """
 
@@ -95,6 +98,7 @@ def bench_dice(args) -> dict:
         torch.set_num_threads(args.threads)
         comp = make(DeepLabSegmenter, architecture=args.arch, encoder=args.encoder, epochs=args.epochs,
                     batch_size=args.batch_size, input_scale=args.scale, crop_size=args.crop, lr=args.lr,
+                    steps_per_epoch=args.steps_per_epoch,
                     patience=args.patience)
         t0 = time.perf_counter()
         out = comp.run(ctx_for(work, "deeplab"), images=images)
@@ -106,6 +110,37 @@ def bench_dice(args) -> dict:
         dl_pp = make(MorphologyPostprocessor).run(ctx_for(work, "dl_pp"), masks=out["masks"])["masks"]
         res[key + "+morphology"] = score(images, dl_pp)
         print(key + "+morphology", res[key + "+morphology"], flush=True)
+    return res
+
+
+def bench_stain(args) -> dict:
+    """Classical Dice on the BCCD test list, raw vs Macenko/Reinhard-normalized, per nucleus channel."""
+    from hemaflow.plugins.normalize import MacenkoNormalizer, ReinhardNormalizer
+    from hemaflow.plugins.segment import ClassicalSegmenter
+
+    work = Path(tempfile.mkdtemp(prefix="bench_stain_"))
+    images = bccd_images(work / "data", limit=args.limit)
+    train = ImageSet(work / "train", images.table[images.table["split"] == "train"].reset_index(drop=True),
+                     images.meta).save()
+    test = ImageSet(work / "test", images.table[images.table["split"] == "test"].reset_index(drop=True),
+                    images.meta).save()
+    res = {}
+    inputs = {"raw": test}
+    for cls in (MacenkoNormalizer, ReinhardNormalizer):
+        comp = make(cls)
+        # the automatic choice among training fields (what the recipe does with a split input)
+        params = dict(comp.method_params(), resize=None, on_failure="passthrough", min_stained_fraction=0.01)
+        ref, _ = comp._reference(ctx_for(work, f"ref_{cls.name}"), train, None, params)
+        out = make(cls, reference=str(ref)).run(ctx_for(work, cls.name), images=test)["images"]
+        inputs[cls.name] = out
+        res[f"{cls.name}_reference"] = out.meta["stain_reference"]
+        res[f"{cls.name}_outcomes"] = out.meta["stain_outcomes"]
+    for name, imgs in inputs.items():
+        for channel in ("blue_red", "hematoxylin"):
+            masks = make(ClassicalSegmenter, channel=channel).run(ctx_for(work, f"{name}_{channel}"),
+                                                                  images=imgs)["masks"]
+            res[f"{name}/{channel}"] = score(imgs, masks)
+            print(name, channel, res[f"{name}/{channel}"], flush=True)
     return res
 
 
@@ -172,7 +207,7 @@ def bench_throughput(args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["dice", "throughput"])
+    ap.add_argument("what", choices=["dice", "stain", "throughput"])
     ap.add_argument("--arch", default="deeplabv3plus")
     ap.add_argument("--encoder", default="resnet18")
     ap.add_argument("--epochs", type=int, default=30)
@@ -180,13 +215,14 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=0.5)
     ap.add_argument("--crop", type=int, default=None)
     ap.add_argument("--lr", type=float, default=0.001)
+    ap.add_argument("--steps-per-epoch", type=int, default=None)
     ap.add_argument("--patience", type=int, default=10)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--limit", type=int, default=None, help="images per partition (quick runs)")
     ap.add_argument("--n", type=int, default=40, help="throughput: number of fields")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
-    res = bench_dice(args) if args.what == "dice" else bench_throughput(args)
+    res = {"dice": bench_dice, "stain": bench_stain, "throughput": bench_throughput}[args.what](args)
     print(json.dumps(res, indent=1, default=str))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1, default=str))

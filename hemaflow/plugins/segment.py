@@ -397,10 +397,12 @@ def _rescale(img: np.ndarray, scale: float, nearest: bool = False) -> np.ndarray
 
 
 def augment_pair(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator, *, crop: int | None = None,
-                 colour: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+                 colour: float = 0.1, focus: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """Random crop, flips and rot90 applied to image and mask together; colour jitter on the image.
 
-    Rot90 is used only where the result keeps the shape (square inputs), so batches stack.
+    With probability ``focus`` the crop is placed so that it contains a random foreground pixel
+    (white cells are a small part of a field). Rot90 is used only where the result keeps the
+    shape (square inputs), so batches stack.
     """
     if crop is not None:
         h, w = mask.shape
@@ -409,7 +411,13 @@ def augment_pair(img: np.ndarray, mask: np.ndarray, rng: np.random.Generator, *,
             img = np.pad(img, ((0, ph), (0, pw), (0, 0)), mode="reflect")
             mask = np.pad(mask, ((0, ph), (0, pw)), mode="reflect")
         h, w = mask.shape
-        y, x = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
+        fg = np.flatnonzero(mask) if focus > 0 and rng.random() < focus else np.empty(0, int)
+        if len(fg):
+            cy, cx = divmod(int(fg[rng.integers(0, len(fg))]), w)
+            y = int(np.clip(cy - rng.integers(0, crop), 0, h - crop))
+            x = int(np.clip(cx - rng.integers(0, crop), 0, w - crop))
+        else:
+            y, x = int(rng.integers(0, h - crop + 1)), int(rng.integers(0, w - crop + 1))
         img, mask = img[y:y + crop, x:x + crop], mask[y:y + crop, x:x + crop]
     if rng.random() < 0.5:
         img, mask = img[:, ::-1], mask[:, ::-1]
@@ -592,6 +600,8 @@ class DeepLabSegmenter(Component):
                                            "(masks come back at full size)"},
             "crop_size": {"type": ["integer", "null"], "minimum": 32, "default": 256,
                           "description": "random training crop (after input_scale); null = whole images"},
+            "crop_focus": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.5,
+                           "description": "share of training crops placed to contain a white cell"},
             "colour_jitter": {"type": "number", "minimum": 0, "maximum": 0.5, "default": 0.1,
                               "description": "strength of the per-channel gain/contrast/brightness jitter"},
             "patience": {"type": ["integer", "null"], "minimum": 1, "default": 8,
@@ -693,8 +703,8 @@ class DeepLabSegmenter(Component):
             losses = []
             for _ in range(steps):
                 idx = rng.integers(0, len(train), size=bs)
-                batch = [augment_pair(train[i][0], train[i][1], rng, crop=crop, colour=p["colour_jitter"])
-                         for i in idx]
+                batch = [augment_pair(train[i][0], train[i][1], rng, crop=crop, colour=p["colour_jitter"],
+                                      focus=p["crop_focus"]) for i in idx]
                 batch = [_pad_to_multiple(a, m, 32) for a, m in batch]
                 x = torch.stack([_to_tensor(b[0]) for b in batch]).to(ctx.device)
                 y = torch.from_numpy(np.stack([b[1] for b in batch])).to(ctx.device)
