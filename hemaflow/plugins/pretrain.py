@@ -144,74 +144,87 @@ def embed(backbone, crops: np.ndarray, size: int, batch_size: int) -> np.ndarray
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, dim), np.float32)
 
 
+class CropDataset:
+    """Crops (uint8, kept as stored) with labels for :func:`hemaflow.plugins.training.fit`.
+
+    With ``length`` smaller than the number of crops, each epoch draws ``length`` random crops
+    (the ``max_cells`` cap); the draw changes every epoch.
+    """
+
+    def __init__(self, crops: np.ndarray, y: np.ndarray, rng: np.random.Generator, length: int = 0) -> None:
+        self.crops, self.y, self.rng = crops, np.asarray(y, dtype=np.int64), rng
+        self.length = length if 0 < length < len(crops) else len(crops)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return self.y if self.length == len(self.crops) else np.resize(self.y, self.length)
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        j = i if self.length == len(self.crops) else int(self.rng.integers(len(self.crops)))
+        return {"crop": np.asarray(self.crops[j]), "y": int(self.y[j])}
+
+
+def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    import torch
+
+    return {"crop": np.stack([it["crop"] for it in items]),
+            "y": torch.tensor([it["y"] for it in items], dtype=torch.long)}
+
+
 def pretrain_fold(backbone, crops: np.ndarray, y: np.ndarray | None, val_crops: np.ndarray, val_y: np.ndarray | None,
-                  mode: str, params: dict[str, Any], seed: int, n_classes: int, log=None) -> dict[str, Any]:
-    """Pre-train ``backbone`` in place on one fold's training cells; return the history."""
+                  mode: str, params: dict[str, Any], seed: int, n_classes: int, ctx: RunContext | None = None,
+                  name: str = "fold0") -> dict[str, Any]:
+    """Pre-train ``backbone`` in place on one fold's training cells with the project's one
+    training loop (:func:`hemaflow.plugins.training.fit`); return the history.
+
+    ``weak``: backbone + linear head, class-weighted cross-entropy, the checkpoint with the lowest
+    loss on ``val_crops`` is kept. ``simclr``: backbone + projection head, NT-Xent between two
+    augmented views; the last epoch is kept (no labels, no validation).
+    """
     import torch
     from torch import nn
-    import torch.nn.functional as F
+
+    from hemaflow.plugins.training import fit, train_config
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     rng = np.random.default_rng(seed)
-    dim = feature_dim(backbone, int(params["image_size"]))
+    size = int(params["image_size"])
+    dim = feature_dim(backbone, size)
     if mode == "weak":
         head = nn.Linear(dim, n_classes)
     else:
         head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, int(params["projection_dim"])))
-    params_ = list(backbone.parameters()) + list(head.parameters())
-    opt = torch.optim.AdamW(params_, lr=float(params["lr"]), weight_decay=1e-4)
-    size, bs = int(params["image_size"]), int(params["batch_size"])
-    cap = int(params["max_cells"])
-    epochs = int(params["epochs"])
-    history, best, best_loss = [], None, float("inf")
-    if mode == "weak":
-        counts = np.bincount(y, minlength=n_classes).astype(np.float64)
-        weight = torch.tensor(np.where(counts > 0, len(y) / (n_classes * np.maximum(counts, 1)), 0.0), dtype=torch.float32)
-    for epoch in range(epochs):
-        backbone.train()
-        head.train()
-        idx = rng.permutation(len(crops))
-        if cap and len(idx) > cap:
-            idx = idx[:cap]
-        total, nb = 0.0, 0
-        for i in range(0, len(idx), bs):
-            b = np.sort(idx[i:i + bs])
-            if len(b) < 2:
-                continue
-            x = crops_to_tensor(crops[b], size)
-            if mode == "weak":
-                loss = F.cross_entropy(head(backbone(augment(x, gen))), torch.from_numpy(y[b]).long(), weight=weight)
-            else:
-                loss = nt_xent(head(backbone(augment(x, gen))), head(backbone(augment(x, gen))),
-                               float(params["temperature"]))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += float(loss.detach())
-            nb += 1
-        rec = {"epoch": epoch, "train_loss": total / max(1, nb)}
-        if mode == "weak" and val_y is not None and len(val_crops):
-            backbone.eval()
-            head.eval()
-            with torch.no_grad():
-                vl, vn = 0.0, 0
-                for i in range(0, len(val_crops), bs):
-                    x = crops_to_tensor(val_crops[i:i + bs], size)
-                    vl += float(F.cross_entropy(head(backbone(x)), torch.from_numpy(val_y[i:i + bs]).long(),
-                                                weight=weight, reduction="sum"))
-                    vn += len(x)
-            rec["val_loss"] = vl / max(1, vn)
-        history.append(rec)
-        score = rec.get("val_loss", rec["train_loss"])
-        if score < best_loss:
-            best_loss = score
-            best = {k: v.detach().clone() for k, v in backbone.state_dict().items()}
-        if log:
-            log(f"pretrain {mode} epoch {epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in rec.items() if k != "epoch"))
-    if best is not None and mode == "weak":
-        backbone.load_state_dict(best)
-    return {"history": history, "best_loss": best_loss}
+    model = nn.Sequential(backbone, head)
+    temperature = float(params["temperature"])
+
+    def forward(m, batch):
+        x = crops_to_tensor(batch["crop"], size)
+        if not m.training:
+            return m(x)
+        if mode == "weak":
+            return m(augment(x, gen))
+        return m(augment(x, gen)), m(augment(x, gen))
+
+    def simclr_loss(output, batch):
+        return nt_xent(output[0], output[1], temperature)
+
+    y_train = y if y is not None else np.zeros(len(crops), np.int64)
+    train_ds = CropDataset(crops, y_train, rng, int(params["max_cells"]))
+    val_ds = CropDataset(val_crops, val_y, rng) if mode == "weak" and val_y is not None and len(val_crops) else None
+    cfg = train_config(epochs=int(params["epochs"]), batch_size=int(params["batch_size"]), lr=float(params["lr"]),
+                       weight_decay=1e-4, warmup_epochs=0, select_metric="loss", amp=False,
+                       class_weighting="balanced" if mode == "weak" else "none", patience=0)
+    res = fit(model, train_ds, val_ds, forward=forward, config=cfg, ctx=ctx, classes=[str(i) for i in range(n_classes)],
+              loss_fn=None if mode == "weak" else simclr_loss, collate_fn=_collate, name=f"pretrain {mode} {name}",
+              seed=seed, device="cpu")
+    model.load_state_dict(res.best_state_dict)
+    best = res.history[res.best_epoch - 1]
+    return {"history": res.history, "best_epoch": res.best_epoch,
+            "best_loss": float(best.get("val_loss", best["train_loss"]))}
 
 
 class InstanceEncoder(Component):
@@ -313,7 +326,7 @@ class InstanceEncoder(Component):
                 y = y.astype(np.int64) if y is not None else None
                 res = pretrain_fold(backbone, crops[tr], y[tr] if y is not None else None, crops[va],
                                     y[va] if y is not None else None, mode, p, ctx.torch_seed("pretrain", fold),
-                                    len(classes), log=ctx.log)
+                                    len(classes), ctx=ctx, name=f"fold{fold}")
                 info.update(best_loss=res["best_loss"], history=res["history"])
             save_file({k: v.contiguous() for k, v in backbone.state_dict().items()},
                       str(model_dir / ("encoder.safetensors" if fold < 0 else f"fold{fold}.safetensors")))
