@@ -508,6 +508,35 @@ def _train_folds_inner(ctx: RunContext, comp: Component, cfg: Any, *, split: Any
     return {"predictions": predictions, "model": model}
 
 
+def _backbone_problems(params: dict[str, Any]) -> list[tuple[str, str]]:
+    """Parameter problems JSON Schema cannot see: unknown timm name, download request, missing file,
+    token_dim not divisible by heads. ``(json pointer below with/, message)`` pairs."""
+    from pathlib import Path
+
+    from hemaflow.plugins.models import check_model_name, pretrained_error
+
+    problems = []
+    if "backbone" in params:
+        try:
+            check_model_name(params["backbone"])
+        except HemaflowError as exc:
+            problems.append(("/backbone", str(exc)))
+        pre = params.get("pretrained")
+        if pre is True:
+            problems.append(("/pretrained", str(pretrained_error(params["backbone"]))))
+        elif isinstance(pre, str) and pre and not Path(pre).expanduser().is_file():
+            problems.append(("/pretrained", f"pretrained weights file {pre!r} not found; "
+                                            f"{pretrained_error(params['backbone'])}"))
+    if "token_dim" in params and params["token_dim"] % params["heads"]:
+        problems.append(("/token_dim", f"token_dim {params['token_dim']} must be divisible by heads {params['heads']}"))
+    return problems
+
+
+def _raise_problems(problems: list[tuple[str, str]]) -> None:
+    if problems:
+        raise HemaflowError("; ".join(f"{ptr}: {msg}" if len(problems) > 1 else msg for ptr, msg in problems))
+
+
 # -- components -------------------------------------------------------------------------------------------
 class ImageClassifier(Component):
     """A timm classifier on fields, masked fields or cell crops, one model per fold.
@@ -531,11 +560,15 @@ class ImageClassifier(Component):
     inputs = {"split": "Split", "images": "ImageSet?", "cells": "CellSet?", "masks": "MaskSet?"}
     outputs = {"predictions": "Predictions", "model": "Model"}
 
+    def check_params(self) -> list[tuple[str, str]]:
+        """Problems JSON Schema cannot see, as ``(json pointer below with/, message)``."""
+        return _backbone_problems(self.params)
+
     def run(self, ctx: RunContext, split: Any, images: Any = None, cells: Any = None, masks: Any = None) -> dict[str, Any]:
-        from hemaflow.plugins.models import ImageNet, check_model_name
+        from hemaflow.plugins.models import ImageNet
 
         p = self.params
-        check_model_name(p["backbone"])
+        _raise_problems(self.check_params())
         rows, imgs, msks, level, source = _image_rows(ctx, p, images, cells, masks)
         classes = class_list(source)
         rows = rows.assign(_row=np.arange(len(rows)))
@@ -590,6 +623,10 @@ class TabularAttention(Component):
     inputs = {"features": "FeatureTable", "split": "Split"}
     outputs = {"predictions": "Predictions", "model": "Model"}
 
+    def check_params(self) -> list[tuple[str, str]]:
+        """Problems JSON Schema cannot see, as ``(json pointer below with/, message)``."""
+        return _backbone_problems(self.params)
+
     def run(self, ctx: RunContext, features: Any, split: Any) -> dict[str, Any]:
         import torch
 
@@ -597,6 +634,7 @@ class TabularAttention(Component):
         from hemaflow.plugins.training import TensorDictDataset
 
         p = self.params
+        _raise_problems(self.check_params())
         classes = class_list(features)
         x_all, columns = feature_matrix(features)
         rows, level = _feature_rows(features)
@@ -623,8 +661,6 @@ class TabularAttention(Component):
                                    lambda m, x: m(x), ctx.device, int(p["batch_size"]))
             attn.append(pd.DataFrame({"fold": fold, "feature": columns, "attention": w}))
 
-        if p["token_dim"] % p["heads"]:
-            raise HemaflowError(f"token_dim {p['token_dim']} must be divisible by heads {p['heads']}")
         out = _train_folds(ctx, self, split=split, rows=rows, classes=classes, level=level, build=build,
                            make_data=make_data, forward=_forward_tabular, prepare_fold=prepare, after_fold=after,
                            extra_meta={"feature_columns": columns}, source=features)
@@ -690,16 +726,18 @@ class MultiModal(Component):
               "masks": "MaskSet?"}
     outputs = {"predictions": "Predictions", "model": "Model"}
 
+    def check_params(self) -> list[tuple[str, str]]:
+        """Problems JSON Schema cannot see, as ``(json pointer below with/, message)``."""
+        return _backbone_problems(self.params)
+
     def run(self, ctx: RunContext, features: Any, split: Any, images: Any = None, cells: Any = None,
             masks: Any = None) -> dict[str, Any]:
         import torch
 
-        from hemaflow.plugins.models import MultiModalNet, check_model_name
+        from hemaflow.plugins.models import MultiModalNet
 
         p = self.params
-        check_model_name(p["backbone"])
-        if p["token_dim"] % p["heads"]:
-            raise HemaflowError(f"token_dim {p['token_dim']} must be divisible by heads {p['heads']}")
+        _raise_problems(self.check_params())
         rows, imgs, msks, level, source = _image_rows(ctx, p, images, cells, masks)
         classes = check_same_classes(source, features, "the images" if level == "image" else "the cells",
                                      "the feature table")

@@ -449,3 +449,14 @@ def test_apply_classifier_errors(tmp_path, data):
         make(ApplyClassifier, fold=3).run(make_context(tmp_path), model=out["model"], features=ft)
     ens = make(ApplyClassifier).run(make_context(tmp_path / "e"), model=out["model"], features=ft)
     assert set(ens["predictions"].table["fold"]) == {0}  # one fold: its own number
+
+
+def test_check_params_reports_what_the_schema_cannot_see(tmp_path):
+    problems = make(ImageClassifier, backbone="resnet5O", pretrained=True).check_params()
+    assert [p for p, _ in problems] == ["/backbone", "/pretrained"]
+    assert "did you mean 'resnet50'" in problems[0][1]
+    assert make(TabularAttention, token_dim=10, heads=4).check_params() == [
+        ("/token_dim", "token_dim 10 must be divisible by heads 4")]
+    assert make(MultiModal, backbone="test_vit").check_params() == []
+    with pytest.raises(HemaflowError, match="/backbone: unknown timm model 'resnet5O'.*; /pretrained: pretrained"):
+        make(ImageClassifier, backbone="resnet5O", pretrained=True).run(make_context(tmp_path), split=None)
