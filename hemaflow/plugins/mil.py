@@ -189,10 +189,19 @@ def fit_pca(x: np.ndarray, train_rows: np.ndarray, k: int) -> tuple[np.ndarray, 
     ``pca_components``). Missing values take the training mean.
     """
     mean, std = fit_scaler(x[train_rows])
-    z = apply_scaler(x, mean, std)
-    _, _, vt = np.linalg.svd(z[train_rows] - z[train_rows].mean(0), full_matrices=False)
-    comps = vt[:k].astype(np.float32)
-    return z @ comps.T, {"pca_mean": mean, "pca_std": std, "pca_components": comps}
+    z = apply_scaler(x, mean, std).astype(np.float64)
+    zt = z[train_rows] - z[train_rows].mean(0)
+    # the principal axes from the smaller of the two Gram matrices (n x n or d x d): an
+    # eigendecomposition of a few hundred rows is ~100x faster than a full SVD of n x 1024
+    if zt.shape[0] < zt.shape[1]:
+        w, u = np.linalg.eigh(zt @ zt.T)
+        order = np.argsort(w)[::-1][:k]
+        comps = (u[:, order].T @ zt) / np.sqrt(np.maximum(w[order], 1e-12))[:, None]
+    else:
+        w, v = np.linalg.eigh(zt.T @ zt)
+        comps = v[:, np.argsort(w)[::-1][:k]].T
+    comps = comps.astype(np.float32)
+    return (z @ comps.T).astype(np.float32), {"pca_mean": mean, "pca_std": std, "pca_components": comps}
 
 
 def apply_scaler(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
