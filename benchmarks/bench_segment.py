@@ -5,6 +5,7 @@
     BCCD ``train`` list and is selected on ``val``; ``test`` is only scored.
 (c) ``stain``: classical Dice on the test list on raw vs Macenko / Reinhard normalized fields
     (reference chosen automatically among the training fields), blue-red vs hematoxylin channel.
+(d) ``speed``: inference images/s of each architecture/encoder at input scale 0.25 and 0.5.
 (b) ``throughput``: normalize (macenko) -> classical -> morphology -> cell crops on 640x480
     fields through hemaflow components, images/s, and the ratio to a plain loop calling the
     same library functions directly (torchstain, numpy/scipy/skimage), in one process.
@@ -14,6 +15,7 @@ Usage::
     python benchmarks/bench_segment.py dice --arch deeplabv3plus --encoder resnet18 --epochs 30
     python benchmarks/bench_segment.py stain
     python benchmarks/bench_segment.py throughput --n 40
+    python benchmarks/bench_segment.py speed --n 4
 """
 
 from __future__ import annotations
@@ -144,6 +146,31 @@ def bench_stain(args) -> dict:
     return res
 
 
+def bench_speed(args) -> dict:
+    """Inference images/s on 640x480 fields (random weights: speed only) per architecture/encoder/scale."""
+    import torch
+
+    from hemaflow.plugins.segment import build_model, predict_mask
+
+    torch.set_num_threads(args.threads)
+    work = Path(tempfile.mkdtemp(prefix="bench_speed_"))
+    images = bccd_images(work / "data", parts=("test",), limit=args.n)
+    imgs = [images.read_image(r) for _, r in images.table.iterrows()]
+    res = {}
+    for arch in ("deeplabv3", "deeplabv3plus", "unet"):
+        for enc in args.encoders.split(","):
+            for scale in (0.25, 0.5):
+                net = build_model(arch, enc, 3).eval()
+                predict_mask(net, imgs[0], mode="three_class", scale=scale)  # warm-up
+                t0 = time.perf_counter()
+                for im in imgs:
+                    predict_mask(net, im, mode="three_class", scale=scale)
+                key = f"{arch}-{enc}@{scale}"
+                res[key] = len(imgs) / (time.perf_counter() - t0)
+                print(f"{key}: {res[key]:.2f} images/s", flush=True)
+    return res
+
+
 def bench_throughput(args) -> dict:
     """Components (normalize -> classical -> morphology -> crops) vs a plain loop."""
     import torch
@@ -207,7 +234,8 @@ def bench_throughput(args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("what", choices=["dice", "stain", "throughput"])
+    ap.add_argument("what", choices=["dice", "stain", "throughput", "speed"])
+    ap.add_argument("--encoders", default="tu-resnet10t,resnet18,resnet50", help="speed: encoders to time")
     ap.add_argument("--arch", default="deeplabv3plus")
     ap.add_argument("--encoder", default="resnet18")
     ap.add_argument("--epochs", type=int, default=30)
@@ -222,7 +250,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=40, help="throughput: number of fields")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
-    res = {"dice": bench_dice, "stain": bench_stain, "throughput": bench_throughput}[args.what](args)
+    res = {"dice": bench_dice, "stain": bench_stain, "throughput": bench_throughput,
+           "speed": bench_speed}[args.what](args)
     print(json.dumps(res, indent=1, default=str))
     if args.json:
         Path(args.json).write_text(json.dumps(res, indent=1, default=str))

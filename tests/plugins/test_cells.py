@@ -90,3 +90,20 @@ def test_component_size_mismatch(tmp_path):
     ctx = make_context(tmp_path / "w2")
     cells = make(CellCrops, on_error="skip").run(ctx, images=images, masks=masks)["cells"]
     assert len(cells.table) == 0 and cells.crops.shape == (0, 96, 96, 3)
+
+
+def test_synthetic_smears_pipeline(tmp_path, registry):
+    """classical -> morphology -> cell_crops on the built-in synthetic fields, truth matched."""
+    synthetic = registry.get("dataset", "synthetic_smears")
+    images = make(synthetic, patients_per_class=1, images_per_patient=1, image_size=192).run(
+        make_context(tmp_path / "data"))["images"]
+    masks = make(ClassicalSegmenter).run(make_context(tmp_path / "seg"), images=images)["masks"]
+    masks = make(MorphologyPostprocessor).run(make_context(tmp_path / "pp"), masks=masks)["masks"]
+    from tests.plugins.seg_fixtures import dice
+    d = [dice(masks.read_mask(i) == 2, images.read_mask(i) == 2) for i in images.table["image_id"]]
+    assert np.mean(d) > 0.8, d  # nucleus Dice; measured 0.907 on these five fields
+    cells = make(CellCrops, crop_size=48).run(make_context(tmp_path / "w"), images=images, masks=masks)["cells"]
+    truth = images.cell_truth()
+    assert 0.8 * len(truth) <= len(cells.table) <= 1.2 * len(truth)  # measured: 16 of 16
+    assert cells.table["truth"].notna().mean() > 0.8
+    assert set(cells.table["truth"].dropna()) <= set(truth["truth"])
