@@ -193,7 +193,8 @@ class ClassicalSegmenter(Component):
                                  "description": "nuclei smaller than this (px) are dropped (platelets, debris); "
                                                 "null: 0.05% of the image area (154 px at 640x480, 33 px at 256x256)"},
             "cytoplasm_ratio": {"type": "number", "minimum": 0, "maximum": 3, "default": 0.05,
-                                "description": "cell = convex hull of the nucleus grown by this x sqrt(nucleus area) px"},
+                                "description": "cell = convex hull of the nucleus grown by this "
+                                               "x sqrt(nucleus area) px"},
             "on_error": ON_ERROR,
         },
         "additionalProperties": False,
@@ -532,7 +533,8 @@ def dice_score(pred: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 if s == 0 else 2.0 * int((p & t).sum()) / s
 
 
-def partition_ids(images: Any, split: Any, fold: int, rng: np.random.Generator, ctx: RunContext) -> dict[str, list[str]]:
+def partition_ids(images: Any, split: Any, fold: int, rng: np.random.Generator,
+                  ctx: RunContext) -> dict[str, list[str]]:
     """Image ids per partition (train/val/test) from a Split, the ImageSet's ``split`` column, or
     (last resort, with a warning) a seeded 70/15/15 split by patient."""
     t = images.table.assign(image_id=images.table["image_id"].astype(str),
