@@ -281,8 +281,11 @@ class InstanceEncoder(Component):
         threads = torch.get_num_threads()
         if self.params["threads"]:
             torch.set_num_threads(int(self.params["threads"]))
+        from threadpoolctl import threadpool_limits
+
         try:
-            return self._run(ctx, cells, split)
+            with threadpool_limits(limits=int(self.params["threads"]) or None):
+                return self._run(ctx, cells, split)
         finally:
             torch.set_num_threads(threads)
 
