@@ -82,6 +82,15 @@ class Component:
         """Return the parameters this component was built with (recorded in provenance)."""
         return copy.deepcopy(self.params)
 
+    def check_params(self) -> list[tuple[str, str]]:
+        """Problems with the parameters that JSON Schema cannot see (an unknown model name, a
+        missing local file), as ``(json pointer below with/, message)`` pairs; empty when fine.
+
+        Called by ``hemaflow validate`` and before ``hemaflow run`` starts anything, once the
+        parameters passed the schema.
+        """
+        return []
+
     def fingerprint(self) -> str | None:
         """Return a hash of external data this component reads (data sets), else None.
 

@@ -93,8 +93,15 @@ STEP_KINDS = ("dataset", "splitter", "normalizer", "segmenter", "postprocessor",
 def _check_params(recipe: Recipe, cls: type, params: Any, ptr: str, problems: list[Problem]) -> dict[str, Any]:
     params = copy.deepcopy(params) if isinstance(params, dict) else {}
     filled = fill_defaults(cls.schema, params)
-    for p in _schema_problems(recipe, cls.schema, filled, ptr):
-        problems.append(p)
+    found = _schema_problems(recipe, cls.schema, filled, ptr)
+    problems.extend(found)
+    if not found:
+        try:
+            extra = cls(**filled).check_params()
+        except Exception as exc:  # a broken check must not hide the rest of the report
+            extra = [("", f"could not check parameters: {type(exc).__name__}: {exc}")]
+        for sub, msg in extra:
+            problems.append(_problem(recipe, ptr + sub, msg))
     for key in filled:
         recipe.origins.setdefault(f"{ptr}/{escape(key)}", DEFAULT_ORIGIN)
     return filled

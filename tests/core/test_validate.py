@@ -115,3 +115,19 @@ def test_composed_schema_is_valid_and_catches_step_typos(registry):
     bad = {"name": "r", "steps": {"data": {"uses": "synthetic_smears", "with": {"patients_per_clas": 2}}}}
     assert not list(v.iter_errors(good))
     assert list(v.iter_errors(bad))
+
+
+def test_component_check_params_runs_after_the_schema(tmp_path, registry):
+    """Problems a schema cannot see (an unknown timm model) are reported by validate too."""
+    assert check(tmp_path, """
+        name: r
+        steps:
+          data: {uses: synthetic_smears}
+          seg: {uses: classical, inputs: {images: data}}
+          cells: {uses: cell_crops, inputs: {images: data, masks: seg}}
+          emb:
+            uses: embeddings
+            inputs: {cells: cells}
+            with: {model: resnet1}
+    """, registry) == ["r.yaml:8:19: /steps/emb/with/model: unknown timm model 'resnet1'; "
+                       "did you mean 'resnet18' or 'resnet61q' or 'resnet51q'?"]
