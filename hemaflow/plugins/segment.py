@@ -224,7 +224,9 @@ class ClassicalSegmenter(Component):
         empty = sum(1 for r in results if r.get("cell_fraction") == 0.0)
         if empty:
             ctx.log(f"{empty} of {len(results)} images have no white cell")
-        return {"masks": write_mask_set(ctx, "masks", rows, {"source": self.name, "empty_images": empty})}
+        masks = write_mask_set(ctx, "masks", rows, {"source": self.name, "empty_images": empty})
+        report_overlays(ctx, images, masks, "Classical segmentation (green cell, blue nucleus, yellow truth)")
+        return {"masks": masks}
 
 
 # -- ground truth -----------------------------------------------------------------------------
@@ -652,7 +654,8 @@ class DeepLabSegmenter(Component):
         if info.get("history"):
             pd.DataFrame(info["history"]).to_csv(out_model / "history.csv", index=False)
         masks = self._infer(ctx, net, images, mode, info["input_scale"])
-        report_overlays(ctx, images, masks, f"{p['architecture']} ({info['encoder']}) masks")
+        report_overlays(ctx, images, masks, f"{info['architecture']} ({info['encoder']}) masks "
+                        "(green cell, blue nucleus, yellow truth)")
         return {"masks": masks, "model": model_art}
 
     def _load(self, model: Any):

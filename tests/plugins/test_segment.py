@@ -43,8 +43,11 @@ def test_classical_blank_and_red_only_fields_are_empty():
 def test_classical_component_writes_aligned_masks(tmp_path):
     fields = [field(seed=0), field(size=(80, 100), wbcs=((40, 50, 15),), rbcs=(), seed=1)]
     images = image_set(tmp_path / "data", fields)
-    out = make(ClassicalSegmenter, min_nucleus_area=50).run(make_context(tmp_path / "w"), images=images)
+    ctx = make_context(tmp_path / "w")
+    out = make(ClassicalSegmenter, min_nucleus_area=50).run(ctx, images=images)
     masks = out["masks"]
+    gallery = [i for i in ctx.report.items if i["type"] == "gallery"]
+    assert [c["caption"] for c in gallery[0]["images"]] == ["im0", "im1"]
     assert list(masks.table["image_id"]) == ["im0", "im1"]
     for (img, truth), iid in zip(fields, ["im0", "im1"]):
         m = masks.read_mask(iid)
