@@ -129,5 +129,5 @@ def test_component_check_params_runs_after_the_schema(tmp_path, registry):
             uses: embeddings
             inputs: {cells: cells}
             with: {model: resnet1}
-    """, registry) == ["r.yaml:8:19: /steps/emb/with/model: unknown timm model 'resnet1'; "
+    """, registry) == ["r.yaml:9:19: /steps/emb/with/model: unknown timm model 'resnet1'; "
                        "did you mean 'resnet18' or 'resnet61q' or 'resnet51q'?"]
