@@ -28,7 +28,7 @@ from hemaflow.core.markers import hookimpl
 from hemaflow.plugins.segment import _disk, mask_file_name, write_mask_set
 
 
-def split_touching(cell: np.ndarray, *, depth: float = 0.25, min_distance: int = 3) -> np.ndarray:
+def split_touching(cell: np.ndarray, *, depth: float = 0.35, min_distance: int = 3) -> np.ndarray:
     """Label ``cell`` (bool HxW) into instances, splitting touching cells by watershed.
 
     Args:
@@ -78,7 +78,7 @@ def _relabel(labels: np.ndarray) -> np.ndarray:
 
 
 def clean_mask(mask: np.ndarray, *, fill_holes: bool = True, opening_radius: int = 0, closing_radius: int = 0,
-               min_area: int = 0, max_area: int | None = None, split: bool = True, split_depth: float = 0.25,
+               min_area: int = 0, max_area: int | None = None, split: bool = True, split_depth: float = 0.35,
                split_min_distance: int = 3, exclude_border: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Post-process one 0/1/2 mask; return (mask uint8 0/1/2, instances int32).
 
@@ -145,7 +145,7 @@ class MorphologyPostprocessor(Component):
 
     kind = "postprocessor"
     name = "morphology"
-    version = "1"
+    version = "2"
     schema = {
         "type": "object",
         "properties": {
@@ -160,7 +160,7 @@ class MorphologyPostprocessor(Component):
                          "description": "instances larger than this many pixels are removed (null: no limit)"},
             "split_touching": {"type": "boolean", "default": True,
                                "description": "split touching cells with a distance-transform watershed"},
-            "split_depth": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.25,
+            "split_depth": {"type": "number", "exclusiveMinimum": 0, "maximum": 1, "default": 0.35,
                             "description": "split only where the neck is narrower than (1 - depth) x the "
                                            "inscribed radius of the cell"},
             "split_min_distance": {"type": "integer", "minimum": 1, "default": 3,

@@ -34,7 +34,7 @@ from hemaflow.core.markers import hookimpl
 #: :func:`nucleus_channel`): keeps fields without a white cell empty when Otsu would split noise.
 MIN_THRESHOLD = {"blue_red": 0.08, "hematoxylin": 0.035, "saturation": 0.2}
 #: ``min_nucleus_area: null`` means this fraction of the image area.
-AUTO_MIN_NUCLEUS_FRACTION = 0.0005
+AUTO_MIN_NUCLEUS_FRACTION = 0.001
 
 
 # -- shared helpers (also used by postprocess and cells) --------------------------------------
@@ -173,7 +173,7 @@ class ClassicalSegmenter(Component):
 
     kind = "segmenter"
     name = "classical"
-    version = "1"
+    version = "2"
     schema = {
         "type": "object",
         "properties": {
@@ -191,7 +191,7 @@ class ClassicalSegmenter(Component):
                                "description": "disk radius (px) of the closing that joins nucleus lobes"},
             "min_nucleus_area": {"type": ["integer", "null"], "minimum": 0, "default": None,
                                  "description": "nuclei smaller than this (px) are dropped (platelets, debris); "
-                                                "null: 0.05% of the image area (154 px at 640x480, 33 px at 256x256)"},
+                                                "null: 0.1% of the image area (307 px at 640x480, 66 px at 256x256)"},
             "cytoplasm_ratio": {"type": "number", "minimum": 0, "maximum": 3, "default": 0.05,
                                 "description": "cell = convex hull of the nucleus grown by this "
                                                "x sqrt(nucleus area) px"},
