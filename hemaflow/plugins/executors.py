@@ -9,6 +9,18 @@ from hemaflow.core.component import Executor, cpu_count
 from hemaflow.core.markers import hookimpl
 
 
+def _worker_init() -> None:
+    """Keep each worker single-threaded inside: a forked child inheriting torch's (or BLAS's)
+    thread pools from a parent that already used them can deadlock, and two workers on two
+    cores gain nothing from nested threads anyway."""
+    import os
+    import sys
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(1)
+
+
 class SerialExecutor(Executor):
     """Runs items one after another in this process (the default)."""
 
@@ -37,7 +49,7 @@ class ProcessExecutor(Executor):
             return super().map(fn, items, progress=progress)
         ctx = mp.get_context(self.params.get("start_method", "fork"))
         out = []
-        with ctx.Pool(min(workers, len(items))) as pool:
+        with ctx.Pool(min(workers, len(items)), initializer=_worker_init) as pool:
             for result in pool.imap(fn, items, chunksize=self.params.get("chunksize", 1)):
                 out.append(result)
                 if progress is not None:

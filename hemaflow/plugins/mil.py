@@ -787,27 +787,3 @@ COMPONENTS = (MeanMIL, MaxMIL, AttentionMIL, GatedAttentionMIL, TransformerMIL, 
 def register_mil_models(register: Any) -> None:
     for cls in COMPONENTS:
         register(cls)
-    from hemaflow.plugins import pretrain
-
-    for cls in pretrain.COMPONENTS:
-        if cls.kind == "mil":
-            register(cls)
-
-
-@hookimpl
-def register_cell_extractors(register: Any) -> None:
-    # instances.py is not (yet) in DEFAULT_PLUGINS; registering its components here keeps them
-    # available. Registering the same class twice is harmless.
-    from hemaflow.plugins import instances
-
-    for cls in instances.COMPONENTS:
-        register(cls)
-
-
-@hookimpl
-def register_feature_extractors(register: Any) -> None:
-    from hemaflow.plugins import pretrain
-
-    for cls in pretrain.COMPONENTS:
-        if cls.kind == "features":
-            register(cls)
