@@ -33,3 +33,9 @@ def test_diff_of_two_ablations_prints_only_the_differing_keys(capsys):
     # the aggregator changes; its own parameters (defaults of the other component) follow it
     assert "steps.mil.uses" in keys
     assert all(k in ("name", "description") or k.startswith("steps.mil.") for k in keys), keys
+
+
+def test_every_recipe_is_documented_in_the_readme():
+    readme = (REPO / "README.md").read_text()
+    missing = [p.name for p in RECIPES if f"`recipes/{p.name}`" not in readme]
+    assert not missing, f"add these recipes to the README's recipe catalogue: {missing}"
