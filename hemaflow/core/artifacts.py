@@ -143,9 +143,23 @@ class Predictions(TableArtifact):
 
 
 class Model(Artifact):
-    """A trained model: a directory of files (e.g. ``fold0.safetensors``) described by meta."""
+    """A trained model: a directory of files (e.g. ``fold0.safetensors``) described by meta.
+
+    Small tables a model writes beside its checkpoints (per-epoch ``history.csv``, feature
+    attention or importance, modality weights) are copied into the run directory as
+    ``<step id>-<name>``.
+    """
 
     type_name = "Model"
+    exported_files: ClassVar[tuple[str, ...]] = (
+        "history.csv", "feature_attention.csv", "feature_importance.csv", "modality_weights.csv")
+
+    def export(self, run_dir: Path, step_id: str) -> None:
+        import shutil
+
+        for name in self.exported_files:
+            if (self.path / name).exists():
+                shutil.copyfile(self.path / name, Path(run_dir) / f"{step_id}-{name}")
 
 
 CORE_TYPES: tuple[type[Artifact], ...] = (Artifact, TableArtifact, Metrics, Predictions, Model)
