@@ -48,7 +48,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from hemaflow.core.runner import Runner
 
     resolved = _resolve(args.recipe, args.set)
-    runner = Runner(resolved, _registry(), console=_console(), use_cache=not args.no_cache, executor=args.executor)
+    runner = Runner(resolved, _registry(), console=_console(), use_cache=not args.no_cache, executor=args.executor,
+                    verbose=args.verbose)
     if args.executor:
         _registry().get("executor", args.executor)
     runner.run(Path(args.out) if args.out else None)
@@ -172,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--out", help="run directory (default runs/<name>-<UTC timestamp>/)")
     r.add_argument("--no-cache", action="store_true", help="neither reuse nor store finished steps")
     r.add_argument("--executor", help="executor for per-item work (e.g. serial, processes)")
+    r.add_argument("-v", "--verbose", action="store_true", help="print step details (e.g. every training epoch)")
     r.set_defaults(func=cmd_run)
 
     v = sub.add_parser("validate", help="check recipes; one line per problem")

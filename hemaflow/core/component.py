@@ -145,6 +145,7 @@ class RunContext:
         progress_factory: Callable[..., Any] | None = None,
         recipe: dict[str, Any] | None = None,
         log: Callable[[str], None] | None = None,
+        verbose: bool = False,
     ) -> None:
         self.step_id = step_id
         self.workdir = Path(workdir)
@@ -157,6 +158,7 @@ class RunContext:
         self.warnings: list[str] = []
         self._progress_factory = progress_factory
         self._log = log
+        self.verbose = verbose
 
     # -- files -----------------------------------------------------------------------------
     def out_dir(self, name: str) -> Path:
@@ -189,6 +191,11 @@ class RunContext:
         """Print a line of progress information (not a warning)."""
         if self._log is not None:
             self._log(f"[{self.step_id}] {message}")
+
+    def debug(self, message: str) -> None:
+        """Print detail (e.g. one line per training epoch) only with ``hemaflow run --verbose``."""
+        if self.verbose:
+            self.log(message)
 
     def warn(self, message: str) -> None:
         """Record a warning (e.g. a skipped image); it lands in provenance and the report."""

@@ -123,7 +123,8 @@ class Runner:
 
     def __init__(self, resolved: Resolved, registry: Registry, *, console: Any = None,
                  cache_dir: Path | None = None, use_cache: bool = True, executor: str | None = None,
-                 progress: bool | None = None) -> None:
+                 progress: bool | None = None, verbose: bool = False) -> None:
+        self.verbose = verbose
         self.resolved = resolved
         self.registry = registry
         self.console = console
@@ -213,7 +214,8 @@ class Runner:
         workdir = self.cache.new_workdir(key)
         ctx = RunContext(step_id=spec.id, workdir=workdir, seed=self.seed, device=self.device,
                          executor=self.executor, progress_factory=self._progress_task if self._progress else None,
-                         recipe=self.resolved.data, log=self._log if self.console is not None else None)
+                         recipe=self.resolved.data, log=self._log if self.console is not None else None,
+                         verbose=self.verbose)
         random.seed(ctx.torch_seed("python"))
         if "torch" in sys.modules:
             sys.modules["torch"].manual_seed(ctx.torch_seed("torch"))

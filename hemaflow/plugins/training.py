@@ -544,7 +544,7 @@ def _fit(model: Any, train_data: Any, val_data: Any | None, *, forward: Callable
             msg = f"{name} epoch {epoch}: train_loss {row['train_loss']:.4f}"
             if "val_loss" in row:
                 msg += f", val_loss {row['val_loss']:.4f}, val_bacc {row['val_balanced_accuracy']:.3f}"
-            ctx.log(msg + (" *" if improved else ""))
+            getattr(ctx, "debug", ctx.log)(msg + (" *" if improved else ""))
         if cfg["patience"] and bad_epochs >= int(cfg["patience"]) and epoch < int(cfg["epochs"]):
             stopped = True
             break

@@ -103,3 +103,15 @@ def test_python_dash_m_works_the_same():
                          capture_output=True, text=True, cwd=REPO)
     assert (res.returncode, res.stdout) == (0, "tests/core/recipes/tiny.yaml: ok\n")
     assert "Traceback" not in res.stderr
+
+
+def test_debug_lines_only_with_verbose(tmp_path):
+    from hemaflow.core.component import RunContext
+
+    for verbose, expected in ((False, []), (True, ["[s] epoch 1: loss 0.5"])):
+        seen: list[str] = []
+        ctx = RunContext(step_id="s", workdir=tmp_path / str(verbose), log=seen.append, verbose=verbose)
+        ctx.debug("epoch 1: loss 0.5")
+        assert seen == expected
+    res = subprocess.run([sys.executable, "-m", "hemaflow", "run", "--help"], capture_output=True, text=True, cwd=REPO)
+    assert "-v, --verbose" in res.stdout
