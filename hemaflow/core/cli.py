@@ -45,15 +45,73 @@ def _resolve(path: str, overrides: Sequence[str] = ()) -> Any:
 
 # -- commands ------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
+    if len(args.recipes) > 1:
+        return _run_many(args)
     from hemaflow.core.runner import Runner
 
-    resolved = _resolve(args.recipe, args.set)
+    resolved = _resolve(args.recipes[0], args.set)
     runner = Runner(resolved, _registry(), console=_console(), use_cache=not args.no_cache, executor=args.executor,
                     verbose=args.verbose)
     if args.executor:
         _registry().get("executor", args.executor)
     runner.run(Path(args.out) if args.out else None)
     return 0
+
+
+def _run_many(args: argparse.Namespace) -> int:
+    """``hemaflow run A.yaml B.yaml ...``: an ablation sweep in one process.
+
+    Every recipe is resolved and validated before the first one runs (a typo in the last recipe
+    surfaces at once, not after an hour). The runs share the step cache and this process's
+    loaded libraries, so an ablation after the first recipe costs only the steps it changes.
+    A failed run is reported and the sweep goes on; the exit code is 3 if any run failed.
+    ``--out DIR`` puts each run in ``DIR/<recipe name>/``.
+    """
+    import time
+
+    from hemaflow.core.runner import Runner
+
+    resolved, problems = [], []
+    for path in args.recipes:
+        try:
+            resolved.append(_resolve(path, args.set))
+        except RecipeError as exc:
+            problems += exc.problems
+    if problems:
+        raise RecipeError(problems)
+    if args.executor:
+        _registry().get("executor", args.executor)
+    console = _console()
+    used: set[str] = set()
+    rows = []
+    for path, res in zip(args.recipes, resolved):
+        run_dir = None
+        if args.out:
+            name, n = res.name, 1
+            while name in used:
+                n += 1
+                name = f"{res.name}-{n}"
+            used.add(name)
+            run_dir = Path(args.out) / name
+        t0 = time.perf_counter()
+        try:
+            runner = Runner(res, _registry(), console=console, use_cache=not args.no_cache, executor=args.executor,
+                            verbose=args.verbose)
+            outcome = runner.run(run_dir)
+            bacc = outcome.metrics.get("patient", {}).get("balanced_accuracy")
+            rows.append((path, "ok", time.perf_counter() - t0, str(outcome.run_dir), bacc))
+        except StepError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            rows.append((path, "failed", time.perf_counter() - t0, str(run_dir or "-"), None))
+    from rich.table import Table
+
+    table = Table(title=f"{len(rows)} runs")
+    for col in ("recipe", "status", "seconds", "patient bal. acc.", "run directory"):
+        table.add_column(col)
+    for path, status, sec, out, bacc in rows:
+        table.add_row(path, status, f"{sec:.1f}", "-" if bacc is None else f"{bacc:.3f}", out)
+    console.print(table)
+    return 3 if any(r[1] != "ok" for r in rows) else 0
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -167,10 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
-    r = sub.add_parser("run", help="run a recipe")
-    r.add_argument("recipe")
+    r = sub.add_parser("run", help="run a recipe (several: an ablation sweep in one process)")
+    r.add_argument("recipes", nargs="+", metavar="RECIPE")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe key (YAML value)")
-    r.add_argument("--out", help="run directory (default runs/<name>-<UTC timestamp>/)")
+    r.add_argument("--out", help="run directory (default runs/<name>-<UTC timestamp>/); with several recipes, "
+                                 "the parent of one <recipe name>/ folder per run")
     r.add_argument("--no-cache", action="store_true", help="neither reuse nor store finished steps")
     r.add_argument("--executor", help="executor for per-item work (e.g. serial, processes)")
     r.add_argument("-v", "--verbose", action="store_true", help="print step details (e.g. every training epoch)")

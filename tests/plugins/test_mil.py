@@ -68,6 +68,15 @@ def test_precision_at_k_breaks_ties_in_expectation():
     assert mil.precision_at_k(np.array([0.9, 0.1]), np.array([1, 0]), 5) == pytest.approx(0.5)
 
 
+def test_r_precision_caps_k_at_the_number_of_abnormal_cells():
+    scores, abnormal = np.array([0.5, 0.3, 0.1, 0.05, 0.05]), np.array([1, 1, 0, 0, 0])
+    assert mil.precision_at_k(scores, abnormal, 5) == pytest.approx(0.4)  # the ceiling of plain precision@5
+    assert mil.r_precision(scores, abnormal, 5) == pytest.approx(1.0)  # a perfect ranking scores one
+    assert mil.r_precision(scores[::-1], abnormal, 5) == pytest.approx(0.0)
+    assert mil.r_precision(np.full(5, 0.2), abnormal, 5) == pytest.approx(0.4)  # ties: the abnormal fraction
+    assert np.isnan(mil.r_precision(scores, np.zeros(5), 5))
+
+
 @pytest.mark.parametrize("agg", AGGREGATORS)
 @pytest.mark.parametrize("n", [1, 10_000])
 def test_aggregators_on_bags_of_size_1_and_10000(agg, n):
@@ -80,6 +89,27 @@ def test_aggregators_on_bags_of_size_1_and_10000(agg, n):
     assert probs.shape == (3,) and probs.sum() == pytest.approx(1.0, abs=1e-5)
     assert scores.shape == (n,) and (scores >= 0).all()
     assert scores.sum() == pytest.approx(1.0, abs=1e-4)  # attention weights sum to one per bag
+
+
+@pytest.mark.parametrize("agg", AGGREGATORS)
+def test_padded_batch_gives_each_bag_its_own_output(agg):
+    """Training runs bags as one padded, masked batch: padding must not change any bag."""
+    import torch
+
+    torch.manual_seed(0)
+    net = mil.build_net(agg, 6, 3, {"hidden": 8, "heads": 2, "layers": 1}).eval()
+    rng = np.random.default_rng(0)
+    bags = [torch.from_numpy(rng.normal(size=(n, 6)).astype(np.float32)) for n in (1, 5, 12)]
+    batch = mil.collate_bags([{"x": b, "y": 0} for b in bags])
+    assert batch["x"].shape == (3, 12, 6) and batch["mask"].sum(1).tolist() == [1, 5, 12]
+    with torch.no_grad():
+        logits, scores = net(batch["x"], batch["mask"])
+        for i, b in enumerate(bags):
+            one_logits, one_scores = net(b)
+            assert torch.allclose(logits[i], one_logits, atol=1e-5)
+            assert torch.allclose(scores[i, :len(b)], one_scores, atol=1e-6)
+            assert float(scores[i, len(b):].abs().sum()) == 0.0  # padding gets no attention
+            assert float(scores[i].sum()) == pytest.approx(1.0, abs=1e-5)
 
 
 @pytest.mark.parametrize("agg", AGGREGATORS)
