@@ -100,8 +100,11 @@ def _run_many(args: argparse.Namespace) -> int:
             outcome = runner.run(run_dir)
             bacc = outcome.metrics.get("patient", {}).get("balanced_accuracy")
             rows.append((path, "ok", time.perf_counter() - t0, str(outcome.run_dir), bacc))
-        except StepError as exc:
+        except HemaflowError as exc:  # bad data or a failed step: report it, go on with the next recipe
             print(f"error: {exc}", file=sys.stderr)
+            if isinstance(exc, StepError) and exc.__cause__ is not None and not isinstance(exc.__cause__, HemaflowError):
+                print("  (an unexpected error inside the component; details in the run directory's error.log)",
+                      file=sys.stderr)
             rows.append((path, "failed", time.perf_counter() - t0, str(run_dir or "-"), None))
     from rich.table import Table
 

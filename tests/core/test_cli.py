@@ -115,3 +115,29 @@ def test_debug_lines_only_with_verbose(tmp_path):
         assert seen == expected
     res = subprocess.run([sys.executable, "-m", "hemaflow", "run", "--help"], capture_output=True, text=True, cwd=REPO)
     assert "-v, --verbose" in res.stdout
+
+
+def test_run_several_recipes_shares_the_cache_and_keeps_going_after_a_failure(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HEMAFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    nucleus = RECIPES / "tiny_nucleus.yaml"
+    broken = tmp_path / "broken.yaml"  # valid recipe whose data folder does not exist: fails at run time
+    broken.write_text("name: broken\nsteps:\n  data:\n    uses: class_folders\n    with: {root: " + str(tmp_path / "nope") + "}\n")
+    code = main(["run", str(RECIPES / "tiny.yaml"), str(broken), str(nucleus), "--out", str(tmp_path / "runs")])
+    out, err = capsys.readouterr()
+    assert code == 3  # one run failed; the others still ran
+    assert f"error: {tmp_path / 'nope'}: data folder not found" in err
+    for name in ("tiny", "tiny_nucleus"):
+        assert (tmp_path / "runs" / name / "metrics.json").exists()
+    prov = json.loads((tmp_path / "runs" / "tiny_nucleus" / "provenance.json").read_text())
+    hits = {s["id"]: s["cache_hit"] for s in prov["steps"]}
+    assert hits["data"] and hits["segment"]  # finished steps of the first run are reused
+    assert "3 runs" in out and out.count(" ok ") == 2 and "failed" in out
+
+
+def test_run_several_recipes_validates_all_before_running_any(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("HEMAFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nsteps:\n  data:\n    uses: synthetic_smear\n")
+    assert main(["run", str(RECIPES / "tiny.yaml"), str(bad), "--out", str(tmp_path / "runs")]) == 1
+    assert "did you mean 'synthetic_smears'" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
