@@ -65,7 +65,8 @@ def _run_many(args: argparse.Namespace) -> int:
     surfaces at once, not after an hour). The runs share the step cache and this process's
     loaded libraries, so an ablation after the first recipe costs only the steps it changes.
     A failed run is reported and the sweep goes on; the exit code is 3 if any run failed.
-    ``--out DIR`` puts each run in ``DIR/<recipe name>/``.
+    ``--out DIR`` puts each run in ``DIR/<recipe name>/`` and writes ``DIR/sweep.json``: per
+    recipe its status, wall seconds (set-up, steps and report, in this process) and run directory.
     """
     import time
 
@@ -114,6 +115,11 @@ def _run_many(args: argparse.Namespace) -> int:
     for path, status, sec, out, bacc in rows:
         table.add_row(path, status, f"{sec:.1f}", "-" if bacc is None else f"{bacc:.3f}", out)
     console.print(table)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "sweep.json").write_text(json.dumps(
+            [{"recipe": path, "status": status, "seconds": round(sec, 3), "run_dir": out,
+              "patient_balanced_accuracy": bacc} for path, status, sec, out, bacc in rows], indent=1))
     return 3 if any(r[1] != "ok" for r in rows) else 0
 
 

@@ -132,6 +132,10 @@ def test_run_several_recipes_shares_the_cache_and_keeps_going_after_a_failure(tm
     hits = {s["id"]: s["cache_hit"] for s in prov["steps"]}
     assert hits["data"] and hits["segment"]  # finished steps of the first run are reused
     assert "3 runs" in out and out.count(" ok ") == 2 and "failed" in out
+    sweep = json.loads((tmp_path / "runs" / "sweep.json").read_text())
+    assert [(r["recipe"].rsplit("/", 1)[-1], r["status"]) for r in sweep] == [
+        ("tiny.yaml", "ok"), ("broken.yaml", "failed"), ("tiny_nucleus.yaml", "ok")]
+    assert all(r["seconds"] > 0 for r in sweep)
 
 
 def test_run_several_recipes_validates_all_before_running_any(tmp_path, monkeypatch, capsys):
