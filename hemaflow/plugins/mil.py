@@ -106,16 +106,18 @@ def _aligned(ft: TableArtifact, ids: pd.Index, name: str) -> dict[int, np.ndarra
 
 
 def build_instances(*, embeddings: TableArtifact | None = None, features: TableArtifact | None = None,
-                    cells: TableArtifact | None = None) -> Instances:
+                    cells: TableArtifact | None = None, all_cells: bool = False) -> Instances:
     """Join the instance sources on ``cell_id``.
 
-    The instance universe is the embeddings' cells, else the features' cells. Metadata
-    (centroid, crop index, generator truth) comes from ``cells`` where given. A cell missing
-    from ``features`` keeps NaN features (imputed with the fold's training mean later).
+    The instance universe is the embeddings' cells, else the features' cells (``all_cells``:
+    every cell of ``cells``, for end-to-end MIL on the crops). Metadata (centroid, crop index,
+    generator truth) comes from ``cells`` where given. A cell missing from ``features`` keeps NaN
+    features (imputed with the fold's training mean later).
     """
-    base = embeddings if embeddings is not None else features
+    base = cells if all_cells else (embeddings if embeddings is not None else features)
     if base is None:
-        raise DataError("<recipe>", "a MIL step needs an `embeddings` or a `features` input (instance features)")
+        raise DataError("<recipe>", "a MIL step needs an `embeddings` or a `features` input (instance features), "
+                                    "or `cells` with an end-to-end `encoder`")
     bt = base.table
     if "cell_id" not in bt.columns:
         raise DataError(base.path, "has no cell_id column; MIL needs one row per instance")
@@ -124,7 +126,7 @@ def build_instances(*, embeddings: TableArtifact | None = None, features: TableA
     table["patient_id"] = table["patient_id"].astype(str)
     table = table.reset_index(drop=True)
     extra = ["centroid_y", "centroid_x", "crop_index", "truth", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1"]
-    if cells is not None:
+    if cells is not None and not all_cells:
         ct = cells.table.copy()
         ct["cell_id"] = ct["cell_id"].astype(str)
         cols = [c for c in extra if c in ct.columns]
@@ -346,14 +348,66 @@ def _nets():
             z = (att @ v).reshape(b, d)
             return z + self.cls, att.mean(1)[:, 0]
 
+    class EndToEndNet(nn.Module):
+        """End-to-end MIL: a timm backbone embeds each instance's crop inside the MIL network, so
+        the bag loss trains the backbone too. ``forward(x, mask, crops)`` as :class:`MILNet`
+        plus ``crops``: uint8 (n, S, S, 3) for one bag or (B, n, S, S, 3) padded; the
+        embeddings are concatenated in front of the tabular instance features ``x``."""
+
+        def __init__(self, backbone, mil, image_size: int, dim: int, seed: int = 0, chunk: int = 256):
+            super().__init__()
+            self.backbone, self.mil, self.size, self.dim, self.chunk = backbone, mil, image_size, dim, chunk
+            self.gen = torch.Generator().manual_seed(seed)
+
+        def embed(self, crops):
+            """Embeddings (m, dim) of uint8 crops (m, S, S, 3); augmented in training, and in
+            chunks at inference so a bag of 10,000 cells fits in memory."""
+            from hemaflow.plugins.pretrain import MEAN, STD, augment
+
+            step = len(crops) if self.training else self.chunk
+            out = []
+            for i in range(0, len(crops), max(1, step)):
+                c = crops[i:i + step].float() / 255.0
+                c = ((c - torch.from_numpy(MEAN)) / torch.from_numpy(STD)).permute(0, 3, 1, 2)
+                if c.shape[-1] != self.size:
+                    c = F.interpolate(c, size=(self.size, self.size), mode="bilinear", align_corners=False,
+                                      antialias=True)
+                out.append(self.backbone(augment(c, self.gen) if self.training else c))
+            return torch.cat(out) if out else torch.zeros(0, self.dim)
+
+        def forward(self, x, mask=None, crops=None):
+            if crops is None:
+                raise ValueError("end-to-end MIL needs the instances' crops")
+            single = x.dim() == 2
+            if single:
+                x, crops = x.unsqueeze(0), crops.unsqueeze(0)
+            if mask is None:
+                mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+            emb = self.embed(crops[mask])
+            full = emb.new_zeros(*mask.shape, emb.shape[-1])
+            full[mask] = emb
+            logits, scores = self.mil(torch.cat([full, x.to(emb.dtype)], -1), mask)
+            return (logits[0], scores[0]) if single else (logits, scores)
+
     return {"MILNet": MILNet, "mean": MeanNet, "max": MaxNet, "attention": AttentionNet,
-            "transformer": TransformerNet}
+            "transformer": TransformerNet, "end_to_end": EndToEndNet}
 
 
-def build_net(aggregator: str, in_dim: int, n_classes: int, params: dict[str, Any]):
+def build_net(aggregator: str, in_dim: int, n_classes: int, params: dict[str, Any], seed: int = 0):
     """Return the torch module for ``aggregator`` (``mean``, ``max``, ``attention``,
-    ``gated_attention``, ``transformer``, ``majority_vote``)."""
+    ``gated_attention``, ``transformer``, ``majority_vote``); with ``params["encoder"]`` an
+    end-to-end network whose timm backbone embeds the crops in front of the ``in_dim`` tabular
+    features (``seed`` drives its crop augmentation)."""
     nets = _nets()
+    enc = params.get("encoder")
+    if enc:
+        from hemaflow.plugins.pretrain import create_backbone, feature_dim
+
+        size = int(enc.get("image_size", 64))
+        backbone = create_backbone(str(enc.get("backbone", "mobilenetv3_small_050")), enc.get("pretrained"))
+        dim = feature_dim(backbone, size)
+        mil = build_net(aggregator, dim + in_dim, n_classes, {k: v for k, v in params.items() if k != "encoder"})
+        return nets["end_to_end"](backbone, mil, size, dim, seed=seed)
     hidden, dropout = int(params.get("hidden", 128)), float(params.get("dropout", 0.25))
     if aggregator in ("mean", "majority_vote"):
         return nets["mean"](in_dim, n_classes, hidden, dropout)
@@ -376,18 +430,25 @@ def _sub_bags(idx: np.ndarray, size: int, rng: np.random.Generator) -> list[np.n
     return [s for s in np.array_split(perm, n) if len(s)]
 
 
-def predict_bag(net, x, aggregator: str, params: dict[str, Any], rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Return (class probabilities, instance scores summing to one) for one whole bag."""
+def predict_bag(net, x, aggregator: str, params: dict[str, Any], rng: np.random.Generator,
+                crops=None) -> tuple[np.ndarray, np.ndarray]:
+    """Return (class probabilities, instance scores summing to one) for one whole bag.
+
+    ``crops`` (uint8 tensor (n, S, S, 3)) only for an end-to-end network."""
     import torch
+
+    def run(rows):
+        kw = {} if crops is None else {"crops": crops[rows]}
+        return net(torch.from_numpy(x[rows]), **kw)
 
     net.eval()
     with torch.no_grad():
         if aggregator != "majority_vote":
-            logits, scores = net(torch.from_numpy(x))
+            logits, scores = run(np.arange(len(x)))
             return torch.softmax(logits, -1).numpy().astype(np.float64), scores.numpy().astype(np.float64)
         size = int(params.get("sub_bag_size", 8))
         subs = _sub_bags(np.arange(len(x)), size, rng)
-        probs = np.stack([torch.softmax(net(torch.from_numpy(x[s]))[0], -1).numpy() for s in subs])
+        probs = np.stack([torch.softmax(run(s)[0], -1).numpy() for s in subs])
         votes = np.bincount(probs.argmax(1), minlength=probs.shape[1]).astype(np.float64)
         # vote shares; mean probabilities break ties (and keep AUROC informative)
         p = votes / votes.sum() + 1e-3 * probs.mean(0)
@@ -410,8 +471,8 @@ class BagDataset:
     """
 
     def __init__(self, x, bags: dict[str, np.ndarray], labels: dict[str, int], patients: list[str],
-                 rng: np.random.Generator, cap: int = 0, sub_bag_size: int = 0) -> None:
-        self.x, self.bags, self.rng, self.cap, self.sub = x, bags, rng, cap, sub_bag_size
+                 rng: np.random.Generator, cap: int = 0, sub_bag_size: int = 0, crops=None) -> None:
+        self.x, self.bags, self.rng, self.cap, self.sub, self.crops = x, bags, rng, cap, sub_bag_size, crops
         self.items = []
         for p in patients:
             reps = max(1, math.ceil(len(bags[p]) / sub_bag_size)) if sub_bag_size else 1
@@ -431,7 +492,10 @@ class BagDataset:
             idx = idx if len(idx) <= self.sub else np.sort(self.rng.choice(idx, size=self.sub, replace=False))
         else:
             idx = sample_bag(idx, self.cap, self.rng)
-        return {"x": self.x[idx], "y": int(self._labels[i])}
+        item = {"x": self.x[idx], "y": int(self._labels[i])}
+        if self.crops is not None:
+            item["crops"] = self.crops[idx]
+        return item
 
 
 def collate_bags(items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -448,18 +512,26 @@ def collate_bags(items: list[dict[str, Any]]) -> dict[str, Any]:
         k = int(it["x"].shape[0])
         x[i, :k] = it["x"]
         mask[i, :k] = True
-    return {"x": x, "mask": mask, "y": torch.tensor([it["y"] for it in items], dtype=torch.long)}
+    out = {"x": x, "mask": mask, "y": torch.tensor([it["y"] for it in items], dtype=torch.long)}
+    if "crops" in items[0]:
+        crops = torch.zeros(len(items), n, *items[0]["crops"].shape[1:], dtype=items[0]["crops"].dtype)
+        for i, it in enumerate(items):
+            crops[i, :len(it["crops"])] = it["crops"]
+        out["crops"] = crops
+    return out
 
 
 def forward_bags(net, batch: dict[str, Any]):
     """Logits (B, C) of a padded batch of bags."""
+    if "crops" in batch:
+        return net(batch["x"], batch["mask"], crops=batch["crops"])[0]
     return net(batch["x"], batch["mask"])[0]
 
 
 def train_fold(net, x: np.ndarray, bags: dict[str, np.ndarray], labels: dict[str, int], train: list[str],
                val: list[str], aggregator: str, params: dict[str, Any], rng: np.random.Generator,
                ctx: RunContext | None = None, classes: list[str] | None = None, name: str = "fold0",
-               seed: int | None = None) -> dict[str, Any]:
+               seed: int | None = None, crops=None) -> dict[str, Any]:
     """Train ``net`` on the ``train`` bags with the project's one training loop
     (:func:`hemaflow.plugins.training.fit`: AdamW, warm-up + cosine, class weighting, early
     stopping and checkpoint selection on the ``val`` bags only); load the selected weights.
@@ -472,8 +544,9 @@ def train_fold(net, x: np.ndarray, bags: dict[str, np.ndarray], labels: dict[str
 
     xt = torch.from_numpy(np.ascontiguousarray(x))
     sub = int(params.get("sub_bag_size", 0)) if aggregator == "majority_vote" else 0
-    train_ds = BagDataset(xt, bags, labels, train, rng, cap=int(params["max_instances"]), sub_bag_size=sub)
-    val_ds = BagDataset(xt, bags, labels, val, rng) if val else None
+    train_ds = BagDataset(xt, bags, labels, train, rng, cap=int(params["max_instances"]), sub_bag_size=sub,
+                          crops=crops)
+    val_ds = BagDataset(xt, bags, labels, val, rng, crops=crops) if val else None
     cfg = train_config(params, amp=False, num_workers=0)
     res = fit(net, train_ds, val_ds, forward=forward_bags, config=cfg, ctx=ctx, classes=classes,
               collate_fn=collate_bags, name=name, seed=seed, device="cpu")
@@ -516,6 +589,19 @@ COMMON_PROPERTIES: dict[str, Any] = {
                       "description": "reduce the CNN embeddings to this many principal components fitted on the "
                                      "fold's training instances (0: keep all); keeps a 500-1000-d embedding from "
                                      "drowning ~50 radiomics features on a few dozen training bags"},
+    "encoder": {"type": ["object", "null"], "default": None, "additionalProperties": False,
+                "description": "end-to-end MIL: a timm backbone embeds every instance's crop inside the MIL network "
+                               "and is trained by the bag loss (needs the `cells` input, excludes an `embeddings` "
+                               "input; `features` are concatenated). null: instances come from the inputs as they are "
+                               "(a frozen, cached `embeddings` input is far cheaper: use it for aggregator ablations)",
+                "properties": {
+                    "backbone": {"type": "string", "minLength": 1, "default": "mobilenetv3_small_050",
+                                 "description": "timm model name (built with num_classes=0)"},
+                    "pretrained": {"type": ["string", "null"], "default": None,
+                                   "description": "local weights file (.safetensors/.pth); nothing is downloaded"},
+                    "image_size": {"type": "integer", "minimum": 16, "maximum": 512, "default": 64,
+                                   "description": "crops are resized to this many px"},
+                }},
     "max_instances": {"type": "integer", "minimum": 0, "default": 512,
                       "description": "training only: a larger bag contributes a fresh random subset of this "
                                      "many instances each epoch (0: no cap); inference always uses all instances"},
@@ -555,6 +641,23 @@ class MILComponent(Component):
     inputs = {"split": "Split", "embeddings": "FeatureTable?", "features": "FeatureTable?", "cells": "CellSet?"}
     outputs = {"predictions": "Predictions", "model": "Model", "attention": "Table", "metrics": "Metrics"}
 
+    def check_params(self) -> list[tuple[str, str]]:
+        """Problems JSON Schema cannot see: an unknown timm backbone or a missing weights file
+        for the end-to-end ``encoder``."""
+        enc = self.params.get("encoder") or {}
+        out = []
+        if enc:
+            from pathlib import Path
+
+            from hemaflow.plugins.features import timm_model_problem
+
+            problem = timm_model_problem(str(enc.get("backbone", "mobilenetv3_small_050")))
+            if problem:
+                out.append(("/encoder/backbone", problem))
+            if enc.get("pretrained") and not Path(enc["pretrained"]).expanduser().exists():
+                out.append(("/encoder/pretrained", f"{enc['pretrained']}: file not found"))
+        return out
+
     def run(self, ctx: RunContext, split, embeddings=None, features=None, cells=None) -> dict[str, Any]:
         import torch
 
@@ -581,19 +684,33 @@ class MILComponent(Component):
                     raise DataError("<recipe>", f"modalities lists {m!r} but the step has no {m!r} input")
             embeddings = embeddings if "embeddings" in p["modalities"] else None
             features = features if "features" in p["modalities"] else None
-        inst = build_instances(embeddings=embeddings, features=features, cells=cells)
+        enc = p.get("encoder")
+        if enc:
+            if cells is None:
+                raise DataError("<recipe>", "an end-to-end `encoder` needs the `cells` input (the crops it trains on)")
+            if embeddings is not None:
+                raise DataError("<recipe>", "give either an `embeddings` input (a frozen encoder) or an end-to-end "
+                                            "`encoder`, not both")
+        inst = build_instances(embeddings=embeddings, features=features, cells=cells, all_cells=bool(enc))
         table, classes = inst.table, inst.classes
+        source = (cells if enc else (embeddings or features)).path
         if not classes:
-            raise DataError((embeddings or features).path, "instances carry no class labels")
-        labels_str = patient_labels(table, (embeddings or features).path)
+            raise DataError(source, "instances carry no class labels")
+        labels_str = patient_labels(table, source)
         unknown = sorted({v for v in labels_str.values() if v not in classes})
         if unknown:
-            raise DataError((embeddings or features).path, f"labels {unknown} are not among the classes {classes}")
+            raise DataError(source, f"labels {unknown} are not among the classes {classes}")
         labels = {pid: classes.index(v) for pid, v in labels_str.items()}
         bags = make_bags(table)
         has_truth = "truth" in table.columns and table["truth"].notna().any()
         abnormal = (~table["truth"].astype(str).str.lower().isin(NORMAL_TRUTH)).to_numpy() if has_truth else None
 
+        crops = None
+        if enc:
+            ci = pd.to_numeric(table["crop_index"], errors="coerce")
+            if ci.isna().any():
+                raise DataError(cells.path, f"{int(ci.isna().sum())} instance(s) have no crop_index")
+            crops = torch.from_numpy(np.ascontiguousarray(np.asarray(cells.crops)[ci.astype(int).to_numpy()]))
         model_dir = ctx.out_dir("model")
         pred_rows, att_rows, fold_info, empty = [], [], [], []
         for fold in ctx.progress(split.folds(), description=f"{self.name} folds"):
@@ -617,24 +734,25 @@ class MILComponent(Component):
                     # PCA fitted on the fold's training instances only
                     block, pca = fit_pca(block, tr_rows, k)
                 parts.append(block)
-            x = np.concatenate(parts, axis=1).astype(np.float32)
+            x = np.concatenate(parts, axis=1).astype(np.float32) if parts else np.zeros((len(table), 0), np.float32)
             mean = np.zeros(x.shape[1], np.float32)
             std = np.ones(x.shape[1], np.float32)
             if p["standardize"]:
                 mean, std = fit_scaler(x[tr_rows])
             x = apply_scaler(x, mean, std)
             torch.manual_seed(ctx.torch_seed("fold", fold))
-            net = build_net(self.aggregator, x.shape[1], len(classes), p)
+            net = build_net(self.aggregator, x.shape[1], len(classes), p, seed=ctx.torch_seed("augment", fold))
             rng = ctx.rng("train", fold)
             info = train_fold(net, x, bags, labels, train, val, self.aggregator, p, rng, ctx=ctx, classes=classes,
-                              name=f"fold{fold}", seed=ctx.torch_seed("fit", fold))
+                              name=f"fold{fold}", seed=ctx.torch_seed("fit", fold), crops=crops)
             save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(model_dir / f"fold{fold}.safetensors"))
             np.savez(model_dir / f"fold{fold}_scaler.npz", mean=mean, std=std, **pca)
             (model_dir / f"fold{fold}_history.json").write_text(json.dumps(info["history"]))
             fold_prec = []
             prng = ctx.rng("predict", fold)
             for q in test:
-                probs, scores = predict_bag(net, x[bags[q]], self.aggregator, p, prng)
+                probs, scores = predict_bag(net, x[bags[q]], self.aggregator, p, prng,
+                                            crops=None if crops is None else crops[bags[q]])
                 row = {"id": q, "level": "patient", "fold": int(fold), "y_true": classes[labels[q]],
                        "y_pred": classes[int(np.argmax(probs))], "n_instances": len(bags[q])}
                 row.update({f"prob_{c}": float(v) for c, v in zip(classes, probs)})

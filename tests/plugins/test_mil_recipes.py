@@ -25,8 +25,20 @@ def provenance(run_dir: Path) -> dict:
     return json.loads((run_dir / "provenance.json").read_text())
 
 
+def test_end_to_end_recipe_runs_tiny(tmp_path, monkeypatch):
+    monkeypatch.setenv("HEMAFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    tiny = []
+    for flag, value in zip(TINY[::2], TINY[1::2]):  # the recipe has no `encoder` step to shrink
+        tiny += [] if value.startswith("steps.encoder.") else [flag, value]
+    args = [*tiny, "--set", "steps.mil.with.encoder={backbone: test_convnext, image_size: 32}"]
+    assert main(["run", str(RECIPES / "mil_end_to_end.yaml"), "--out", str(tmp_path / "run"), *args]) == 0
+    pred = pd.read_csv(tmp_path / "run" / "predictions.csv")
+    assert len(pred) == 6 and set(pred["level"]) == {"patient"}
+    assert "encoder" not in {s["id"] for s in provenance(tmp_path / "run")["steps"]}
+
+
 def test_all_mil_recipes_validate():
-    assert len(MIL_RECIPES) == 9
+    assert len(MIL_RECIPES) == 10
     assert main(["validate", *map(str, MIL_RECIPES)]) == 0
 
 
