@@ -108,6 +108,9 @@ ABLATIONS = ["mil_mean.yaml", "mil_max.yaml", "mil_transformer.yaml", "mil_major
              "mil_image_only.yaml", "mil_radiomics_only.yaml"]
 
 
+IMPORTS = "import torch, torch._dynamo, sklearn.metrics, pandas, matplotlib.pyplot"  # torch.optim's step imports _dynamo
+
+
 def bench_headline(ablations: bool = True) -> None:
     """The headline from a fresh cache, then aggregator ablations on the same cache, measured two
     ways: each ablation as its own `hemaflow run` process (pays Python, torch, torch._dynamo,
@@ -125,6 +128,11 @@ def bench_headline(ablations: bool = True) -> None:
             ran = [f"{s['id']} {s['seconds']:.1f}s" for s in prov["steps"] if not s["cache_hit"]]
             print(f"[headline] then, own process: hemaflow run recipes/{recipe}: {t_abl:.1f} s = "
                   f"{100 * t_abl / t_full:.1f}% of the headline (ran: {', '.join(ran)})  -- {_summary(m_abl)}", flush=True)
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-c", IMPORTS], check=True)
+        floor = time.perf_counter() - t
+        print(f"[headline] the libraries an ablation rerun loads, imported alone ({IMPORTS!r}): {floor:.1f} s = "
+              f"{100 * floor / t_full:.1f}% of the headline, paid by every new process", flush=True)
         cmd = [sys.executable, "-m", "hemaflow", "run", *[str(ROOT / "recipes" / r) for r in ["mil_multimodal.yaml", *others]],
                "--out", str(d / "sweep")]
         t = time.perf_counter()
