@@ -3,7 +3,9 @@
 DEFAULT_PLUGINS = [
     "hemaflow.plugins.artifacts",
     "hemaflow.plugins.executors",
-    "hemaflow.plugins.datasets",
+    "hemaflow.plugins.datasets.synthetic_smears",
+    "hemaflow.plugins.datasets.folders",
+    "hemaflow.plugins.datasets.real_data",
     "hemaflow.plugins.splits",
     "hemaflow.plugins.normalize",
     "hemaflow.plugins.segment",

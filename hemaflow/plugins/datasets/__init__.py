@@ -1,0 +1,48 @@
+"""Data-set components: the built-in synthetic smears, folder and manifest readers, real-data readers.
+
+Every data set returns an :class:`~hemaflow.plugins.artifacts.ImageSet`, an *index* of images
+(ids, patient, label, paths): pixels are read one image at a time by whoever needs them, so a data
+set of 100k images costs a table of 100k rows, not 100k decoded images.
+
+Components:
+    ``synthetic_smears``  procedurally generated Giemsa-like fields with ground-truth masks
+                          (the built-in default; see :mod:`hemaflow.plugins.synthetic`).
+                          ``patients_per_class: 2, images_per_patient: 1, image_size: 96``
+                          generates in well under a second: use that in tests.
+    ``manifest``          a CSV/Parquet file with ``image, patient, label[, mask][, split]``.
+    ``class_folders``     ``<root>/<split>/<CLASS>/<image>``, masks in a parallel tree.
+    ``patient_folders``   ``<root>/<patient>/.../<image>`` plus a labels CSV (patient -> label).
+    ``bccd_fields``       ``../shared/data/bccd-fields`` (fields, white-cell masks, BCCD splits).
+    ``wbc_crops``         ``../shared/data/wbc-crops`` (single-cell crops, 5 white-cell types).
+
+Modules: :mod:`.synthetic_smears`; :mod:`.folders` (``manifest``, ``class_folders``,
+``patient_folders``); :mod:`.real_data` (``bccd_fields``, ``wbc_crops``); :mod:`.common` (the
+:class:`~.common.FileDataset` base every file reader builds on, shared schema pieces). Each module
+registers its own components (``hemaflow.plugins.DEFAULT_PLUGINS``).
+
+Validation is lazy where it is cheap: with ``validate: header`` (the default) each image and mask
+is opened with PIL without decoding the pixels (format, size, mode), which catches unreadable
+files, non-images and image/mask size mismatches for 100k images in seconds; truncated files and
+mask values are caught when a step reads the pixels (a ``DataError`` naming the file) or up front
+with ``validate: full``. ``on_error: skip`` drops bad items (recorded with ``ctx.warn`` and in
+``meta["skipped"]``); ``stop`` raises the first ``DataError``.
+"""
+
+from __future__ import annotations
+
+from hemaflow.plugins.datasets.common import (
+    CLASSES,
+    IMAGE_EXTENSIONS,
+    MASK_SPEC,
+    ON_ERROR,
+    VALIDATE,
+    FileDataset,
+    Listing,
+)
+from hemaflow.plugins.datasets.folders import COMMON, MASKS_PARALLEL, SPLIT_NAMES, ClassFolders, Manifest, PatientFolders
+from hemaflow.plugins.datasets.real_data import WBC_TYPES, BCCDFields, SharedDataset, WBCCrops
+from hemaflow.plugins.datasets.synthetic_smears import SyntheticSmears
+
+__all__ = ["CLASSES", "COMMON", "IMAGE_EXTENSIONS", "MASKS_PARALLEL", "MASK_SPEC", "ON_ERROR", "SPLIT_NAMES", "VALIDATE",
+           "WBC_TYPES", "BCCDFields", "ClassFolders", "FileDataset", "Listing", "Manifest", "PatientFolders",
+           "SharedDataset", "SyntheticSmears", "WBCCrops"]

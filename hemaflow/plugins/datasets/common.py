@@ -1,0 +1,224 @@
+"""What every data-set reader shares: schema pieces, the listing, validation and the ImageSet.
+
+:class:`FileDataset` is the base of the file readers (:mod:`.folders`, :mod:`.real_data`):
+a subclass lists its records (:class:`Listing`, no pixels read), and the base validates them
+(``validate``: header or full, in ``ctx.map`` chunks), applies ``on_error``, checks ids and
+classes and writes the :class:`~hemaflow.plugins.artifacts.ImageSet`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from hemaflow.core.component import Component, RunContext
+from hemaflow.core.errors import DataError
+from hemaflow.plugins import io
+from hemaflow.plugins.artifacts import ImageSet
+
+# -- shared schema pieces ---------------------------------------------------------------------------
+ON_ERROR = {"enum": ["skip", "stop"], "default": "stop",
+            "description": "what to do with a bad image, mask or row: skip it (recorded in the report "
+                           "and provenance) or stop with an error naming the file"}
+VALIDATE = {"enum": ["none", "header", "full"], "default": "header",
+            "description": "up-front checks: none; header (open each file without decoding: catches "
+                           "unreadable files and image/mask size mismatches, cheap for 100k images); "
+                           "full (decode every image and mask: also catches truncated files and bad "
+                           "mask values)"}
+MASK_SPEC = {
+    "type": "object",
+    "description": "how stored mask values map to background / cytoplasm / nucleus "
+                   "(see hemaflow.plugins.io.read_mask)",
+    "properties": {
+        "mode": {"enum": ["binary", "threshold", "values", "canonical"], "default": "binary",
+                 "description": "binary: value > threshold is cell; threshold: value > cell is cell, "
+                                "value > nucleus is nucleus; values: exact values listed; canonical: "
+                                "already 0 background / 1 cytoplasm / 2 nucleus"},
+        "threshold": {"type": "integer", "minimum": 0, "description": "binary mode: values above are cell (default 0)"},
+        "cell": {"type": "integer", "minimum": 0, "description": "threshold mode: values above are cell"},
+        "nucleus": {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "null"},
+                              {"type": "array", "items": {"type": "integer"}}],
+                    "description": "threshold mode: values above are nucleus (null: none); "
+                                   "values mode: the list of nucleus values"},
+        "background": {"type": "array", "items": {"type": "integer"},
+                       "description": "values mode: background values (default [0])"},
+        "cytoplasm": {"type": "array", "items": {"type": "integer"}, "description": "values mode: cytoplasm values"},
+        "strict": {"type": "boolean",
+                   "description": "values mode: any other value is an error (default) or counts as cytoplasm"},
+    },
+    "additionalProperties": False,
+    "default": {"mode": "binary"},
+}
+CLASSES = {"type": ["array", "null"], "items": {"type": "string"}, "uniqueItems": True, "default": None,
+           "description": "class names in order; a label outside the list is a bad row; null: the sorted "
+                          "labels found"}
+IMAGE_EXTENSIONS = io.IMAGE_EXTENSIONS
+
+
+def _schema(props: dict[str, Any]) -> dict[str, Any]:
+    """A parameter schema: an object of ``props`` that rejects unknown keys."""
+    return {"type": "object", "properties": props, "additionalProperties": False}
+
+
+# -- readers: common machinery --------------------------------------------------------------------
+class Listing:
+    """What a reader found, before any pixel is read: records plus problems found while listing.
+
+    A record is a dict with ``image`` (Path), ``mask`` (Path or None), ``patient``, ``label``,
+    ``image_id``, ``source`` (what to name in an error: the file, or ``manifest.csv:12``) and any
+    extra columns (``split``, ``site``...).
+    """
+
+    def __init__(self, records: list[dict[str, Any]], problems: list[tuple[str, str]],
+                 extra_files: Iterable[Path] = (), patients_are_images: bool = False) -> None:
+        self.records = records
+        self.problems = problems
+        self.extra_files = [Path(f) for f in extra_files]
+        self.patients_are_images = patients_are_images
+
+
+def _check_item(rec: dict[str, Any], validate: str, mask_spec: dict[str, Any] | None) -> tuple[str, str] | None:
+    """Return None if the image (and mask) pass the ``validate`` level, else (file, problem)."""
+    try:
+        if validate == "full":
+            img = io.read_array(rec["image"])
+            size = img.shape[:2]
+        else:
+            size = io.image_size(rec["image"])
+        if rec.get("mask") is not None:
+            if validate == "full":
+                msize = io.read_mask(rec["mask"], mask_spec).shape[:2]
+            else:
+                msize = io.image_size(rec["mask"])
+            if tuple(msize) != tuple(size):
+                return str(rec["mask"]), (f"mask is {msize[1]}x{msize[0]} but its image {rec['image']} is "
+                                          f"{size[1]}x{size[0]} (width x height)")
+    except DataError as exc:
+        return exc.path, exc.problem
+    return None
+
+
+def _check_chunk(args: tuple[list[dict[str, Any]], str, dict[str, Any] | None]) -> list[tuple[str, str] | None]:
+    recs, validate, spec = args
+    return [_check_item(r, validate, spec) for r in recs]
+
+
+class FileDataset(Component):
+    """Base of the readers: list -> validate -> apply ``on_error`` -> ImageSet (paths absolute).
+
+    Subclasses implement :meth:`listing`. Relative paths in parameters are relative to the
+    current working directory (where ``hemaflow run`` is started).
+    """
+
+    kind = "dataset"
+    inputs: dict[str, str] = {}
+    outputs = {"images": "ImageSet"}
+    default_mask_spec: dict[str, Any] | None = None
+    chunk = 256
+    root_param: str | None = None  # the parameter naming the data's file or folder (errors name it)
+
+    def listing(self) -> Listing:
+        raise NotImplementedError
+
+    def root_for_errors(self) -> str:
+        return str(self.params[self.root_param]) if self.root_param else "data set"
+
+    def _listing(self) -> Listing:
+        if getattr(self, "_listing_", None) is None:
+            self._listing_ = self.listing()
+        return self._listing_
+
+    def mask_spec(self) -> dict[str, Any] | None:
+        spec = self.params.get("mask_spec") or self.default_mask_spec
+        return {k: v for k, v in spec.items() if v is not None or k == "nucleus"} if spec else None
+
+    def fingerprint(self) -> str:
+        """Hash of every listed file's path, size and modification time (no pixel data)."""
+        lst = self._listing()
+        h = hashlib.sha256()
+        for f in lst.extra_files:
+            h.update(io.file_stamp(f).encode() + b"\n")
+        for r in lst.records:
+            h.update(io.file_stamp(r["image"]).encode() + b"\n")
+            if r.get("mask") is not None:
+                h.update(io.file_stamp(r["mask"]).encode() + b"\n")
+        return h.hexdigest()[:32]
+
+    def run(self, ctx: RunContext) -> dict[str, Any]:
+        p = self.params
+        lst = self._listing()
+        skipped: list[dict[str, str]] = []
+
+        def bad(file: str, reason: str) -> None:
+            if p.get("on_error", "stop") == "stop":
+                raise DataError(file, reason + " (set on_error: skip to leave it out)")
+            skipped.append({"file": str(file), "reason": reason})
+            ctx.warn(f"skipped {file}: {reason}")
+
+        for file, reason in lst.problems:
+            bad(file, reason)
+        records = lst.records
+        classes = p.get("classes")
+        if classes:
+            keep = []
+            for r in records:
+                if r["label"] in classes:
+                    keep.append(r)
+                else:
+                    bad(r["source"], f"label {r['label']!r} is not in the class list {list(classes)}")
+            records = keep
+        validate = p.get("validate", "header")
+        if validate != "none" and records:
+            spec = self.mask_spec()
+            chunks = [(records[i:i + self.chunk], validate, spec) for i in range(0, len(records), self.chunk)]
+            results = [x for xs in ctx.map(_check_chunk, chunks, description=f"checking {len(records)} images")
+                       for x in xs]
+            keep = []
+            for r, err in zip(records, results):
+                if err is None:
+                    keep.append(r)
+                else:
+                    bad(*err)
+            records = keep
+        if not records:
+            raise DataError(self.root_for_errors(), "the data set is empty: no usable images found"
+                            + (f" ({len(skipped)} skipped)" if skipped else ""))
+        ids = pd.Series([r["image_id"] for r in records])
+        dup = ids[ids.duplicated()]
+        if len(dup):
+            first = [r for r in records if r["image_id"] == dup.iloc[0]]
+            raise DataError(first[1]["source"], f"image id {dup.iloc[0]!r} appears twice "
+                                                f"(also {first[0]['source']})")
+        extra_cols = sorted({k for r in records for k in r} - {"image", "mask", "patient", "label", "image_id", "source"})
+        rows = []
+        for r in records:
+            row = {"image_id": r["image_id"], "patient_id": str(r["patient"]), "label": r["label"],
+                   "path": str(r["image"]), "mask_path": str(r["mask"]) if r.get("mask") is not None else None}
+            row.update({c: r.get(c) for c in extra_cols})
+            rows.append(row)
+        table = pd.DataFrame(rows).sort_values("image_id", kind="stable").reset_index(drop=True)
+        if not table["mask_path"].notna().any():
+            table = table.drop(columns="mask_path")
+        if not classes:
+            classes = sorted(x for x in table["label"].unique() if x != "")
+        empty = [c for c in classes if not (table["label"] == c).any()]
+        if empty:
+            ctx.warn(f"class(es) {empty} of the class list have no images")
+        meta = {"classes": list(classes), "mask_spec": self.mask_spec() or {"mode": "binary"},
+                "patients_are_images": lst.patients_are_images, "skipped": skipped, "source": self.name,
+                "validate": validate}
+        images = ImageSet(ctx.out_dir("images"), table, meta).save()
+        ctx.report.table(f"Data set ({self.name})", [
+            {"class": c, "patients": int(table.loc[table.label == c, "patient_id"].nunique()),
+             "images": int((table.label == c).sum())} for c in classes] +
+            ([{"class": "(unlabelled)", "patients": int(table.loc[table.label == "", "patient_id"].nunique()),
+               "images": int((table.label == "").sum())}] if (table.label == "").any() else []), section="data")
+        if skipped:
+            ctx.report.table(f"Skipped files ({len(skipped)})", skipped[:200], section="data")
+        if lst.patients_are_images:
+            ctx.report.text("Patients are images", "This data set has no patient identifiers: each image is "
+                            "its own patient.", section="data")
+        return {"images": images}
