@@ -117,29 +117,38 @@ def leak_check(split: Split, images: ImageSet | None = None) -> None:
         raise DataError(images.path if images is not None else split.path, str(exc)) from None
 
 
-class PatientKFold(Component):
+def _schema(props: dict[str, Any]) -> dict[str, Any]:
+    """A splitter's parameter schema: ``props`` then ``seed``, unknown keys rejected."""
+    return {"type": "object", "properties": {**props, "seed": SEED}, "additionalProperties": False}
+
+
+class Splitter(Component):
+    """Base of the splitters: an ImageSet in, a Split out, a seed parameter."""
+
+    kind = "splitter"
+    inputs = {"images": "ImageSet"}
+    outputs = {"split": "Split"}
+
+    def resolved_seed(self, ctx: RunContext) -> int:
+        """The ``seed`` parameter, or the recipe's seed when it is null."""
+        return int(self.params["seed"] if self.params["seed"] is not None else ctx.seed)
+
+
+class PatientKFold(Splitter):
     """Stratified k-fold over patients, with a validation share carved from each training fold.
 
     Fold ``f`` tests on the patients of fold ``f``; of the others, ``val_fraction`` per class
     become ``val`` and the rest ``train``.
     """
 
-    kind = "splitter"
     name = "patient_kfold"
     version = "1"
-    schema = {
-        "type": "object",
-        "properties": {
-            "k": {"type": "integer", "minimum": 2, "maximum": 100, "default": 5, "description": "number of folds"},
-            "val_fraction": VAL_FRACTION,
-            "stratify": {"type": "boolean", "default": True,
-                         "description": "keep each class's share about equal in every fold"},
-            "seed": SEED,
-        },
-        "additionalProperties": False,
-    }
-    inputs = {"images": "ImageSet"}
-    outputs = {"split": "Split"}
+    schema = _schema({
+        "k": {"type": "integer", "minimum": 2, "maximum": 100, "default": 5, "description": "number of folds"},
+        "val_fraction": VAL_FRACTION,
+        "stratify": {"type": "boolean", "default": True,
+                     "description": "keep each class's share about equal in every fold"},
+    })
 
     def run(self, ctx: RunContext, images: ImageSet) -> dict[str, Any]:
         p = self.params
@@ -148,7 +157,7 @@ class PatientKFold(Component):
         if len(pats) < k:
             raise DataError(images.path, f"{len(pats)} patient(s) cannot make {k} folds; lower k "
                                          f"(e.g. --set steps.{ctx.step_id}.with.k={max(2, len(pats))})")
-        seed = int(p["seed"] if p["seed"] is not None else ctx.seed)
+        seed = self.resolved_seed(ctx)
         rng = np.random.default_rng([seed, 101])
         strat = pats if p["stratify"] else pats.assign(label="")
         small = strat["label"].value_counts()
@@ -170,28 +179,20 @@ class PatientKFold(Component):
         return {"split": split}
 
 
-class Holdout(Component):
+class Holdout(Splitter):
     """One train/validation/test partition of the patients, stratified by class (fold 0)."""
 
-    kind = "splitter"
     name = "holdout"
     version = "1"
-    schema = {
-        "type": "object",
-        "properties": {
-            "train": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.6,
-                      "description": "share of patients for training"},
-            "val": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.2,
-                    "description": "share of patients for validation"},
-            "test": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.2,
-                     "description": "share of patients for testing"},
-            "stratify": {"type": "boolean", "default": True, "description": "split each class separately"},
-            "seed": SEED,
-        },
-        "additionalProperties": False,
-    }
-    inputs = {"images": "ImageSet"}
-    outputs = {"split": "Split"}
+    schema = _schema({
+        "train": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.6,
+                  "description": "share of patients for training"},
+        "val": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.2,
+                "description": "share of patients for validation"},
+        "test": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.2,
+                 "description": "share of patients for testing"},
+        "stratify": {"type": "boolean", "default": True, "description": "split each class separately"},
+    })
 
     def run(self, ctx: RunContext, images: ImageSet) -> dict[str, Any]:
         p = self.params
@@ -200,7 +201,7 @@ class Holdout(Component):
             raise DataError(f"step {ctx.step_id}", f"train + val + test must be 1; got {p['train']} + "
                                                    f"{p['val']} + {p['test']} = {total:g}")
         pats = patient_table(images)
-        seed = int(p["seed"] if p["seed"] is not None else ctx.seed)
+        seed = self.resolved_seed(ctx)
         rng = np.random.default_rng([seed, 202])
         labels = pats["label"].to_numpy() if p["stratify"] else np.zeros(len(pats), dtype=int)
         part = np.full(len(pats), "train", dtype=object)
@@ -228,7 +229,7 @@ def _largest_remainder(n: int, fractions: list[float]) -> list[int]:
     return [int(c) for c in counts]
 
 
-class ColumnSplit(Component):
+class ColumnSplit(Splitter):
     """A partition taken from a column of the data set (e.g. ``split``, ``site``, ``cohort``).
 
     ``mapping`` says which column values are train, val or test: e.g. ``{site1: train, site2:
@@ -237,26 +238,18 @@ class ColumnSplit(Component):
     ``val_fraction`` of the training patients (per class) become validation patients.
     """
 
-    kind = "splitter"
     name = "column_split"
     version = "1"
-    schema = {
-        "type": "object",
-        "properties": {
-            "column": {"type": "string", "default": "split", "description": "the ImageSet column to read"},
-            "mapping": {"type": "object", "additionalProperties": {"enum": ["train", "val", "test"]},
-                        "default": {"train": "train", "val": "val", "valid": "val", "validation": "val",
-                                    "test": "test"},
-                        "description": "column value -> partition (train, val or test)"},
-            "unmapped": {"enum": ["error", "drop"], "default": "error",
-                         "description": "what to do with a value the mapping does not name"},
-            "val_fraction": dict(VAL_FRACTION, default=0.0),
-            "seed": SEED,
-        },
-        "additionalProperties": False,
-    }
-    inputs = {"images": "ImageSet"}
-    outputs = {"split": "Split"}
+    schema = _schema({
+        "column": {"type": "string", "default": "split", "description": "the ImageSet column to read"},
+        "mapping": {"type": "object", "additionalProperties": {"enum": ["train", "val", "test"]},
+                    "default": {"train": "train", "val": "val", "valid": "val", "validation": "val",
+                                "test": "test"},
+                    "description": "column value -> partition (train, val or test)"},
+        "unmapped": {"enum": ["error", "drop"], "default": "error",
+                     "description": "what to do with a value the mapping does not name"},
+        "val_fraction": dict(VAL_FRACTION, default=0.0),
+    })
 
     def run(self, ctx: RunContext, images: ImageSet) -> dict[str, Any]:
         p = self.params
@@ -293,7 +286,7 @@ class ColumnSplit(Component):
                                          f"{len(leaking)} patient(s) in all. All images of a patient must be "
                                          "in one partition")
         table = per_image.drop_duplicates("patient_id")[["patient_id", "partition"]].assign(fold=0)
-        seed = int(p["seed"] if p["seed"] is not None else ctx.seed)
+        seed = self.resolved_seed(ctx)
         if p["val_fraction"] > 0 and not (table["partition"] == "val").any():
             labels = patient_table(images).set_index("patient_id")["label"]
             train_idx = np.flatnonzero(table["partition"].to_numpy() == "train")

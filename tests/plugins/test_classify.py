@@ -6,7 +6,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from hemaflow.core.errors import DataError, HemaflowError
 from hemaflow.plugins import io
@@ -28,14 +27,7 @@ S = 32
 TINY = {"epochs": 2, "batch_size": 8, "patience": 0, "warmup_epochs": 0}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine more threads spin against other
-    processes and run many times slower (measured 2.4 s vs 59 s for 20 tiny steps)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _draw(label: str, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

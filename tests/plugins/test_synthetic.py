@@ -8,6 +8,7 @@ import pandas as pd
 from hemaflow.plugins.datasets import SyntheticSmears
 from hemaflow.plugins.synthetic import ABNORMAL_MIX, CELL_TYPES, NORMAL_MIX, patient_plan, render_field
 from hemaflow.testing import check_component, make, make_context
+from tests.plugins.synthetic_helpers import bag_vs_one_cell, cell_features
 
 SMALL = dict(patients_per_class=2, images_per_patient=1, image_size=96)
 
@@ -132,51 +133,9 @@ def test_tiny_field_still_gets_cells(tmp_path):
 
 
 # -- the class signal is real, and lives in the bag, not in any single cell -------------------------
-def _cell_features(images) -> pd.DataFrame:
-    """Hand-crafted features per white cell from the ground-truth masks."""
-    from scipy import ndimage as ndi
-
-    rows = []
-    for _, r in images.table.iterrows():
-        img = images.read_image(r).astype(np.float32)
-        mask = images.read_mask(r)
-        grey = img.mean(-1)
-        lab, n = ndi.label(mask > 0)
-        for k in range(1, n + 1):
-            cell = lab == k
-            nuc, cyto = cell & (mask == 2), cell & (mask == 1)
-            if nuc.sum() == 0:
-                continue
-            g = grey[nuc]
-            rows.append({
-                "patient_id": r.patient_id, "label": r.label,
-                "area": cell.sum(), "nucleus_area": nuc.sum(), "nc_ratio": nuc.sum() / cell.sum(),
-                "lobes": ndi.label(nuc)[1], "nucleus_mean": g.mean(), "nucleus_std": g.std(),
-                "nucleus_vs_cytoplasm": g.mean() / grey[cyto].mean() if cyto.any() else 1.0,
-                "cytoplasm_blue_minus_red": (img[cyto][:, 2] - img[cyto][:, 0]).mean() if cyto.any() else 0.0,
-            })
-    return pd.DataFrame(rows)
-
-
 def test_class_signal_needs_the_bag(tmp_path):
-    from sklearn.ensemble import RandomForestClassifier
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
-
     images, _ = _run(tmp_path, patients_per_class=10, images_per_patient=2, image_size=144)
-    cells = _cell_features(images)
-    feats = [c for c in cells.columns if c not in ("patient_id", "label")]
-    bag = cells.groupby("patient_id")[feats].agg(["mean", "min", "max"])
-    y = np.array(cells.groupby("patient_id")["label"].first().loc[bag.index].tolist())
-    rng = np.random.default_rng(0)
-    one = cells.groupby("patient_id")[feats].apply(lambda g: g.iloc[rng.integers(len(g))]).loc[bag.index]
-    one_X = np.concatenate([one.to_numpy()] * 3, axis=1)  # same shape: mean = min = max = the cell
-
-    def accuracy(X):
-        clf = RandomForestClassifier(n_estimators=150, random_state=0)
-        pred = cross_val_predict(clf, X, y, cv=StratifiedKFold(5, shuffle=True, random_state=0))
-        return float((pred == y).mean())
-
-    acc_bag, acc_one = accuracy(bag.to_numpy()), accuracy(one_X)
+    acc_bag, acc_one = bag_vs_one_cell(cell_features(images), seed=0)
     # 5 classes: chance is 0.2; all of a patient's cells carry the diagnosis
     assert acc_bag >= 0.6, acc_bag
     # a single random cell is often a normal one: clearly below perfect, and below the bag

@@ -27,14 +27,7 @@ from hemaflow.plugins.training import (
 from hemaflow.testing import make_context
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """One intra-op thread: on a shared 2-core machine more threads spin against other
-    processes and run many times slower (measured 2.4 s vs 59 s for 20 tiny steps)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _data(n=48, d=6, seed=0):

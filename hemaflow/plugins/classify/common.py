@@ -60,6 +60,11 @@ def _schema(props: dict[str, Any]) -> dict[str, Any]:
     return {"type": "object", "properties": props, "additionalProperties": False}
 
 
+def _backbone_param(default: str, description: str) -> dict[str, Any]:
+    """The ``backbone`` parameter (a timm model name) with this default."""
+    return {"type": "string", "minLength": 1, "default": default, "description": description}
+
+
 # -- labels, rows and folds ----------------------------------------------------------------------------
 def class_list(artifact: Any) -> list[str]:
     """The artifact's ``meta["classes"]``; a clear error when it has none."""

@@ -19,6 +19,7 @@ from hemaflow.core.markers import hookimpl
 from hemaflow.plugins.classify.common import (
     _BACKBONE_PARAMS,
     NeuralClassifier,
+    _backbone_param,
     _label_index,
     _raise_problems,
     _schema,
@@ -187,9 +188,8 @@ class ImageClassifier(NeuralClassifier):
     name = "image_classifier"
     version = "1"
     schema = _schema({
-        "backbone": {"type": "string", "minLength": 1, "default": "resnet50",
-                     "description": "any timm model name (resnet50, densenet121, vit_small_patch16_224, "
-                                    "convnext_tiny...; test_resnet/test_vit for tiny runs)"},
+        "backbone": _backbone_param("resnet50", "any timm model name (resnet50, densenet121, vit_small_patch16_224, "
+                                                "convnext_tiny...; test_resnet/test_vit for tiny runs)"),
         **_BACKBONE_PARAMS,
         "drop_rate": {"type": "number", "minimum": 0, "maximum": 0.9, "default": 0.0,
                       "description": "dropout before the classifier head"},

@@ -19,6 +19,7 @@ from hemaflow.plugins.classify.common import (
     _BACKBONE_PARAMS,
     _TABULAR_PARAMS,
     NeuralClassifier,
+    _backbone_param,
     _label_index,
     _raise_problems,
     _schema,
@@ -51,9 +52,8 @@ class MultiModal(NeuralClassifier):
     name = "multimodal"
     version = "1"
     schema = _schema({
-        "backbone": {"type": "string", "minLength": 1, "default": "vit_small_patch16_224",
-                     "description": "timm image backbone (vit_small_patch16_224, convnext_tiny...; test_vit, "
-                                    "test_convnext for tiny runs)"},
+        "backbone": _backbone_param("vit_small_patch16_224", "timm image backbone (vit_small_patch16_224, "
+                                    "convnext_tiny...; test_vit, test_convnext for tiny runs)"),
         **_BACKBONE_PARAMS,
         "input": dict(_BACKBONE_PARAMS["input"], default="cell"),
         "fusion": {"enum": ["concat", "gated", "attention"], "default": "concat",

@@ -115,6 +115,15 @@ def _feature_rows(features: Any) -> tuple[pd.DataFrame, str]:
     return rows, level
 
 
+def _labelled_features(ctx: RunContext, features: Any) -> tuple[list[str], np.ndarray, list[str], pd.DataFrame, str]:
+    """Classes, feature matrix (labelled rows only), columns, id rows (with ``y``) and level of a FeatureTable."""
+    classes = class_list(features)
+    x_all, columns = feature_matrix(features)
+    rows, level = _feature_rows(features)
+    rows = _label_index(ctx, rows, classes, features.path, level)
+    return classes, x_all[rows["_row"].to_numpy()], columns, rows, level
+
+
 def _report_feature_bars(ctx: RunContext, df: pd.DataFrame, title: str, value: str, caption: str, top: int = 20) -> None:
     import matplotlib
 
@@ -167,11 +176,7 @@ class TabularAttention(NeuralClassifier):
 
         p = self.params
         _raise_problems(self.check_params())
-        classes = class_list(features)
-        x_all, columns = feature_matrix(features)
-        rows, level = _feature_rows(features)
-        rows = _label_index(ctx, rows, classes, features.path, level)
-        x_all = x_all[rows["_row"].to_numpy()]
+        classes, x_all, columns, rows, level = _labelled_features(ctx, features)
         y = rows["y"].to_numpy()
         attn: list[pd.DataFrame] = []
 
@@ -289,11 +294,7 @@ class SklearnClassifier(Component):
         from hemaflow.plugins.training import balanced_accuracy
 
         p = self.params
-        classes = class_list(features)
-        x_all, columns = feature_matrix(features)
-        rows, level = _feature_rows(features)
-        rows = _label_index(ctx, rows, classes, features.path, level)
-        x_all = x_all[rows["_row"].to_numpy()]
+        classes, x_all, columns, rows, level = _labelled_features(ctx, features)
         y = rows["y"].to_numpy()
         _check_split(ctx, split, rows)
         model_dir = ctx.out_dir("model")

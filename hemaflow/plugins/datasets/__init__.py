@@ -39,10 +39,17 @@ from hemaflow.plugins.datasets.common import (
     FileDataset,
     Listing,
 )
-from hemaflow.plugins.datasets.folders import COMMON, MASKS_PARALLEL, SPLIT_NAMES, ClassFolders, Manifest, PatientFolders
+from hemaflow.plugins.datasets.folders import (
+    COMMON,
+    MASKS_PARALLEL,
+    SPLIT_NAMES,
+    ClassFolders,
+    Manifest,
+    PatientFolders,
+)
 from hemaflow.plugins.datasets.real_data import WBC_TYPES, BCCDFields, SharedDataset, WBCCrops
 from hemaflow.plugins.datasets.synthetic_smears import SyntheticSmears
 
-__all__ = ["CLASSES", "COMMON", "IMAGE_EXTENSIONS", "MASKS_PARALLEL", "MASK_SPEC", "ON_ERROR", "SPLIT_NAMES", "VALIDATE",
-           "WBC_TYPES", "BCCDFields", "ClassFolders", "FileDataset", "Listing", "Manifest", "PatientFolders",
-           "SharedDataset", "SyntheticSmears", "WBCCrops"]
+__all__ = ["CLASSES", "COMMON", "IMAGE_EXTENSIONS", "MASKS_PARALLEL", "MASK_SPEC", "ON_ERROR", "SPLIT_NAMES",
+           "VALIDATE", "WBC_TYPES", "BCCDFields", "ClassFolders", "FileDataset", "Listing", "Manifest",
+           "PatientFolders", "SharedDataset", "SyntheticSmears", "WBCCrops"]
