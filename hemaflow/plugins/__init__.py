@@ -18,7 +18,7 @@ DEFAULT_PLUGINS = [
     "hemaflow.plugins.classify.tabular",
     "hemaflow.plugins.classify.multimodal",
     "hemaflow.plugins.classify.apply",
-    "hemaflow.plugins.mil",
+    "hemaflow.plugins.mil.components",
     "hemaflow.plugins.evaluate",
     "hemaflow.plugins.report",
     "hemaflow.plugins.tracking",

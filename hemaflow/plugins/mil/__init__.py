@@ -1,0 +1,37 @@
+"""Multiple-instance learning: one bag of instances per patient, one diagnosis per patient.
+
+Pipeline position::
+
+    cells (CellSet) ──> instance_encoder (FeatureTable, per fold) ─┐
+    cells ──> radiomics (FeatureTable) ────────────────────────────┼─> <aggregator> ─> Predictions
+    split (Split) ─────────────────────────────────────────────────┘      (level patient)
+
+Every aggregator is a component of kind ``mil`` sharing :class:`MILComponent`: it joins the
+instance tables on ``cell_id``, builds one bag per patient (all instances of all that patient's
+images, never mixing patients), and for every fold of the Split trains on the fold's ``train``
+patients (a random subset of at most ``max_instances`` per bag and epoch), stops early on the
+fold's ``val`` patients and predicts the fold's ``test`` patients with all their instances.
+
+Aggregators (``uses:``): ``mean_mil``, ``max_mil``, ``attention_mil`` (Ilse et al. 2018),
+``gated_attention_mil`` (Ilse et al. 2018, gated), ``transformer_mil`` (TransMIL-style, small)
+and ``majority_vote_mil`` (the original code's sub-bags with a majority vote).
+
+Outputs: ``predictions`` (Predictions, level ``patient``), ``model`` (Model: one safetensors
+file per fold plus the fold's scaler), ``attention`` (Table: one row per test instance with its
+score; scores of a bag sum to one) and ``metrics`` (Metrics section ``mil``: bags, empty bags
+and, when the instances carry generator ground truth, precision@k of the top-attention cells).
+"""
+
+from __future__ import annotations
+
+from hemaflow.plugins.mil.bags import (ID_COLUMNS, NORMAL_TRUTH, Instances, apply_scaler, build_instances, fit_pca,
+                                       fit_scaler, make_bags, patient_labels, precision_at_k, r_precision, sample_bag)
+from hemaflow.plugins.mil.components import (COMPONENTS, AttentionMIL, GatedAttentionMIL, MajorityVoteMIL, MaxMIL,
+                                             MeanMIL, MILComponent, TransformerMIL, defaults_for)
+from hemaflow.plugins.mil.nets import build_net
+from hemaflow.plugins.mil.train import BagDataset, collate_bags, forward_bags, predict_bag, train_fold
+
+__all__ = ["COMPONENTS", "ID_COLUMNS", "NORMAL_TRUTH", "AttentionMIL", "BagDataset", "GatedAttentionMIL", "Instances",
+           "MILComponent", "MajorityVoteMIL", "MaxMIL", "MeanMIL", "TransformerMIL", "apply_scaler", "build_instances",
+           "build_net", "collate_bags", "defaults_for", "fit_pca", "fit_scaler", "forward_bags", "make_bags",
+           "patient_labels", "precision_at_k", "predict_bag", "r_precision", "sample_bag", "train_fold"]
