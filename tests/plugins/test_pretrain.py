@@ -94,3 +94,16 @@ def test_local_pretrained_file_is_loaded(tmp_path, data):
     save_file(state, str(tmp_path / "w.safetensors"))
     loaded = pretrain.create_backbone("test_convnext", str(tmp_path / "w.safetensors"))
     assert all(float(v.float().mean()) == pytest.approx(0.5) for k, v in loaded.state_dict().items() if v.is_floating_point())
+
+
+def test_augment_keeps_the_cell_size():
+    """Crops are fixed windows: a cell's size in pixels is a cue, augmentation must not zoom it away."""
+    import torch
+
+    yy, xx = np.mgrid[:48, :48]
+    disk = ((yy - 23.5) ** 2 + (xx - 23.5) ** 2 <= 10 ** 2)
+    x = torch.from_numpy(np.where(disk, -2.0, 2.0).astype(np.float32))[None, None].repeat(64, 3, 1, 1)
+    out = pretrain.augment(x, torch.Generator().manual_seed(0)).mean(dim=1)
+    lo, hi = out.amin(dim=(1, 2), keepdim=True), out.amax(dim=(1, 2), keepdim=True)
+    area = (out < (lo + hi) / 2).sum(dim=(1, 2)).float() / disk.sum()
+    assert area.min() > 0.75 and area.max() < 1.35, (float(area.min()), float(area.max()))
