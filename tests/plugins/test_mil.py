@@ -269,3 +269,23 @@ def test_end_to_end_mil_input_errors(tmp_path):
     with pytest.raises(DataError, match="not both"):
         comp.run(make_context(tmp_path / "b"), split=split, embeddings=feats, cells=cells)
     assert make(mil.MeanMIL, encoder={"backbone": "no_such_net"}).check_params()[0][0] == "/encoder/backbone"
+
+
+@pytest.mark.parametrize("n", [1, 7, 10_000])
+def test_per_class_attention_branches(n):
+    import torch
+
+    torch.manual_seed(0)
+    net = mil.build_net("gated_attention", 6, 3, {"hidden": 8, "branches": "per_class"}).eval()
+    assert net.w.out_features == 3  # one attention branch per class
+    x = torch.from_numpy(np.random.default_rng(0).normal(size=(n, 6)).astype(np.float32))
+    with torch.no_grad():
+        logits, scores = net(x)
+        batch = mil.collate_bags([{"x": x, "y": 0}, {"x": x[:1], "y": 1}])
+        b_logits, b_scores = net(batch["x"], batch["mask"])
+    assert logits.shape == (3,) and scores.shape == (n,)
+    assert float(scores.sum()) == pytest.approx(1.0, abs=1e-4) and float(scores.min()) >= 0
+    assert torch.allclose(b_logits[0], logits, atol=1e-5) and torch.allclose(b_scores[0, :n], scores, atol=1e-6)
+    # the score shown is the predicted class's branch
+    a = net.attention(net.project(x[None]), torch.ones(1, n, dtype=torch.bool))[0]
+    assert torch.allclose(scores, a[int(logits.argmax())], atol=1e-6)

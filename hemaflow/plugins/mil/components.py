@@ -339,7 +339,10 @@ class MaxMIL(MILComponent):
 
 
 _ATT = {"attention_dim": {"type": "integer", "minimum": 1, "maximum": 1024, "default": 64,
-                          "description": "width of the attention network (V, U in Ilse et al. 2018)"}}
+                          "description": "width of the attention network (V, U in Ilse et al. 2018)"},
+        "branches": {"enum": ["one", "per_class"], "default": "one",
+                     "description": "one attention over the bag, or one attention branch and classifier per "
+                                    "class (CLAM multi-branch, Lu et al. 2021)"}}
 
 
 class AttentionMIL(MILComponent):

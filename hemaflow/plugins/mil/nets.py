@@ -56,20 +56,48 @@ def _nets():
             return z, counts / counts.sum(1, keepdim=True)
 
     class AttentionNet(MILNet):
-        """Ilse et al. 2018: a = softmax(w^T tanh(V h)) (gated: times sigm(U h))."""
+        """Ilse et al. 2018: a = softmax(w^T tanh(V h)) (gated: times sigm(U h)).
 
-        def __init__(self, in_dim, n_classes, hidden, dropout, attention_dim: int = 64, gated: bool = False):
+        ``branches="per_class"`` (CLAM's multi-branch variant, Lu et al. 2021): one attention
+        branch and one pooled vector per class, each scored by its own linear classifier, so
+        each diagnosis can look for its own kind of abnormal cell; the instance score is the
+        attention of the predicted class's branch."""
+
+        def __init__(self, in_dim, n_classes, hidden, dropout, attention_dim: int = 64, gated: bool = False,
+                     branches: str = "one"):
             super().__init__(in_dim, n_classes, hidden, dropout)
+            self.per_class = branches == "per_class"
             self.V = nn.Linear(hidden, attention_dim)
             self.U = nn.Linear(hidden, attention_dim) if gated else None
-            self.w = nn.Linear(attention_dim, 1)
+            self.w = nn.Linear(attention_dim, n_classes if self.per_class else 1)
+            if self.per_class:
+                self.head = nn.Linear(hidden, n_classes)  # row c scores the pooled vector of branch c
 
-        def pool(self, h, mask):
+        def attention(self, h, mask):
+            """Attention (B, K, n) over each bag's instances; K = 1 or the number of classes."""
             a = torch.tanh(self.V(h))
             if self.U is not None:
                 a = a * torch.sigmoid(self.U(h))
-            a = torch.softmax(self.w(a).squeeze(-1).masked_fill(~mask, float("-inf")), dim=1)
+            return torch.softmax(self.w(a).transpose(1, 2).masked_fill(~mask[:, None, :], float("-inf")), dim=-1)
+
+        def pool(self, h, mask):
+            a = self.attention(h, mask)[:, 0]
             return (a.unsqueeze(1) @ h).squeeze(1), a
+
+        def forward(self, x, mask=None):
+            if not self.per_class:
+                return super().forward(x, mask)
+            single = x.dim() == 2
+            if single:
+                x = x.unsqueeze(0)
+            if mask is None:
+                mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+            h = self.project(x)
+            a = self.attention(h, mask)  # (B, C, n)
+            z = a @ h  # (B, C, hidden): one pooled vector per class
+            logits = (z * self.head.weight).sum(-1) + self.head.bias
+            scores = a.gather(1, logits.argmax(1)[:, None, None].expand(-1, 1, a.shape[2]))[:, 0]
+            return (logits[0], scores[0]) if single else (logits, scores)
 
     class TransformerNet(MILNet):
         """TransMIL-style, small: self-attention layers over the bag (memory-efficient
@@ -181,7 +209,7 @@ def build_net(aggregator: str, in_dim: int, n_classes: int, params: dict[str, An
     if aggregator in ("attention", "gated_attention"):
         return nets["attention"](in_dim, n_classes, hidden, dropout,
                                  attention_dim=int(params.get("attention_dim", 64)),
-                                 gated=aggregator == "gated_attention")
+                                 gated=aggregator == "gated_attention", branches=str(params.get("branches", "one")))
     if aggregator == "transformer":
         return nets["transformer"](in_dim, n_classes, hidden, dropout,
                                    layers=int(params.get("layers", 1)), heads=int(params.get("heads", 4)))
