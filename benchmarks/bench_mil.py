@@ -3,7 +3,7 @@
 Run:  python benchmarks/bench_mil.py            (everything; ~10-20 min on 2 busy cores)
       python benchmarks/bench_mil.py --only step,toy      (seconds to a minute)
       python benchmarks/bench_mil.py --only headline
-      python benchmarks/bench_mil.py --only minority
+      python benchmarks/bench_mil.py --only minority --seeds 0,1,2,3,4,5 [--cache DIR]
 
 Parts:
   step      one attention-MIL training step on a 200-instance bag of 512-d features (CPU).
@@ -15,7 +15,8 @@ Parts:
             one `hemaflow run A B ...` process (a sweep) on a fresh cache.
   minority  the full pipeline (synthetic smears -> segmentation -> cells -> radiomics + CNN ->
             MIL) with a minority of abnormal cells (10-30%) and ~20 cells per patient: gated
-            attention vs mean and max pooling, three seeds; patient metrics and r-precision.
+            attention (headline) vs attention, per-class branches, mean and max pooling, per
+            seed on one cache; patient metrics and r-precision.
 """
 
 from __future__ import annotations
@@ -170,21 +171,28 @@ def hemaflow_sweep(recipes: list[str], out: Path, cache: Path, *sets: str) -> di
 
 
 MINORITY_RECIPES = ["mil_multimodal.yaml", "mil_mean.yaml", "mil_max.yaml"]
+MINORITY_EXTRA = {"attention_mil": ["steps.mil.uses=attention_mil"],
+                  "gated per_class": ["steps.mil.with.branches=per_class"]}
 
 
-def bench_minority(seeds=(0, 1, 2), images_per_patient: int = 8) -> None:
+def bench_minority(seeds=(0, 1, 2), images_per_patient: int = 8, cache: Path | None = None) -> None:
     """A minority of abnormal cells (10-30% per leukemic patient) and bigger bags (8 fields per
-    patient, about 20 cells): gated attention vs mean and max pooling, same cache, several seeds."""
+    patient, about 20 cells): gated attention (the headline) vs plain attention, per-class
+    attention branches, mean and max pooling; same cache per seed, several seeds."""
     sets = ["steps.data.with.abnormal_rate=[0.1, 0.3]", f"steps.data.with.images_per_patient={images_per_patient}"]
-    rows: dict[str, list[dict]] = {r: [] for r in MINORITY_RECIPES}
+    rows: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
+        cache = cache or d / "cache"
         for seed in seeds:
-            res = hemaflow_sweep(MINORITY_RECIPES, d / f"seed{seed}", d / "cache", *sets, f"seed={seed}")
+            res = hemaflow_sweep(MINORITY_RECIPES, d / f"seed{seed}", cache, *sets, f"seed={seed}")
+            for name, extra in MINORITY_EXTRA.items():
+                _, m = hemaflow_run("mil_multimodal.yaml", d / f"seed{seed}-{name}", cache, *sets, *extra, f"seed={seed}")
+                res[name] = (0.0, m)
             for r, (t, m) in res.items():
                 print(f"[minority] seed {seed} {r:22s} {_summary(m)}", flush=True)
-                rows[r].append({**m.get("patient", {}), **{k: v for k, v in m.get("mil", {}).items()
-                                                            if isinstance(v, (int, float))}})
+                rows.setdefault(r, []).append({**m.get("patient", {}), **{k: v for k, v in m.get("mil", {}).items()
+                                                                          if isinstance(v, (int, float))}})
     print(f"[minority] abnormal_rate [0.1, 0.3], {images_per_patient} fields per patient, seeds {list(seeds)}: mean over seeds")
     for r, ms in rows.items():
         def avg(key):
@@ -198,11 +206,17 @@ def bench_minority(seeds=(0, 1, 2), images_per_patient: int = 8) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", default="step,toy,headline,minority")
+    ap.add_argument("--seeds", default="0,1,2", help="minority: seeds (e.g. 0,1,2,3,4,5)")
+    ap.add_argument("--cache", help="minority: keep the step cache here (rerun only the MIL variants)")
     args = ap.parse_args()
     parts = args.only.split(",")
     for name in ("step", "toy", "headline", "minority"):
         if name in parts:
-            globals()[f"bench_{name}"]()
+            if name == "minority":
+                bench_minority(seeds=tuple(int(x) for x in args.seeds.split(",")),
+                               cache=Path(args.cache) if args.cache else None)
+            else:
+                globals()[f"bench_{name}"]()
 
 
 if __name__ == "__main__":
