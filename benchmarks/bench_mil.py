@@ -175,11 +175,13 @@ MINORITY_EXTRA = {"attention_mil": ["steps.mil.uses=attention_mil"],
                   "gated per_class": ["steps.mil.with.branches=per_class"]}
 
 
-def bench_minority(seeds=(0, 1, 2), images_per_patient: int = 8, cache: Path | None = None) -> None:
+def bench_minority(seeds=(0, 1, 2), images_per_patient: int = 8, cache: Path | None = None,
+                   rate: tuple[float, float] = (0.1, 0.3)) -> None:
     """A minority of abnormal cells (10-30% per leukemic patient) and bigger bags (8 fields per
     patient, about 20 cells): gated attention (the headline) vs plain attention, per-class
     attention branches, mean and max pooling; same cache per seed, several seeds."""
-    sets = ["steps.data.with.abnormal_rate=[0.1, 0.3]", f"steps.data.with.images_per_patient={images_per_patient}"]
+    sets = [f"steps.data.with.abnormal_rate=[{rate[0]}, {rate[1]}]",
+            f"steps.data.with.images_per_patient={images_per_patient}"]
     rows: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
@@ -193,7 +195,7 @@ def bench_minority(seeds=(0, 1, 2), images_per_patient: int = 8, cache: Path | N
                 print(f"[minority] seed {seed} {r:22s} {_summary(m)}", flush=True)
                 rows.setdefault(r, []).append({**m.get("patient", {}), **{k: v for k, v in m.get("mil", {}).items()
                                                                           if isinstance(v, (int, float))}})
-    print(f"[minority] abnormal_rate [0.1, 0.3], {images_per_patient} fields per patient, seeds {list(seeds)}: mean over seeds")
+    print(f"[minority] abnormal_rate {list(rate)}, {images_per_patient} fields per patient, seeds {list(seeds)}: mean over seeds")
     for r, ms in rows.items():
         def avg(key):
             vals = [m[key] for m in ms if key in m]
@@ -208,13 +210,16 @@ def main() -> None:
     ap.add_argument("--only", default="step,toy,headline,minority")
     ap.add_argument("--seeds", default="0,1,2", help="minority: seeds (e.g. 0,1,2,3,4,5)")
     ap.add_argument("--cache", help="minority: keep the step cache here (rerun only the MIL variants)")
+    ap.add_argument("--rate", default="0.1,0.3", help="minority: abnormal-cell rate range of leukemic patients")
+    ap.add_argument("--fields", type=int, default=8, help="minority: fields per patient")
     args = ap.parse_args()
     parts = args.only.split(",")
     for name in ("step", "toy", "headline", "minority"):
         if name in parts:
             if name == "minority":
-                bench_minority(seeds=tuple(int(x) for x in args.seeds.split(",")),
-                               cache=Path(args.cache) if args.cache else None)
+                lo, hi = (float(x) for x in args.rate.split(","))
+                bench_minority(seeds=tuple(int(x) for x in args.seeds.split(",")), images_per_patient=args.fields,
+                               cache=Path(args.cache) if args.cache else None, rate=(lo, hi))
             else:
                 globals()[f"bench_{name}"]()
 
