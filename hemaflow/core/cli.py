@@ -102,10 +102,7 @@ def _run_many(args: argparse.Namespace) -> int:
             bacc = outcome.metrics.get("patient", {}).get("balanced_accuracy")
             rows.append((path, "ok", time.perf_counter() - t0, str(outcome.run_dir), bacc))
         except HemaflowError as exc:  # bad data or a failed step: report it, go on with the next recipe
-            print(f"error: {exc}", file=sys.stderr)
-            if isinstance(exc, StepError) and exc.__cause__ is not None and not isinstance(exc.__cause__, HemaflowError):
-                print("  (an unexpected error inside the component; details in the run directory's error.log)",
-                      file=sys.stderr)
+            _print_error(exc)
             rows.append((path, "failed", time.perf_counter() - t0, str(run_dir or "-"), None))
     from rich.table import Table
 
@@ -226,6 +223,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_error(exc: HemaflowError) -> None:
+    """One line for a user-facing error, plus where the traceback is when a component crashed."""
+    print(f"error: {exc}", file=sys.stderr)
+    if isinstance(exc, StepError) and exc.__cause__ is not None and not isinstance(exc.__cause__, HemaflowError):
+        print("  (an unexpected error inside the component; details in the run directory's error.log,"
+              " or rerun with --debug)", file=sys.stderr)
+
+
 # -- parser --------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hemaflow", description="Leukemia classification workflows from YAML recipes.")
@@ -289,11 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StepError as exc:
         if debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
-        cause = exc.__cause__
-        if cause is not None and not isinstance(cause, HemaflowError):
-            print("  (an unexpected error inside the component; details in the run directory's error.log,"
-                  " or rerun with --debug)", file=sys.stderr)
+        _print_error(exc)
         print("  finished steps are kept in the cache; rerunning resumes from there", file=sys.stderr)
         return 3
     except UsageError as exc:

@@ -82,12 +82,15 @@ def feature_dim(backbone, size: int) -> int:
         backbone.train(was)
 
 
-def crops_to_tensor(crops: np.ndarray, size: int):
-    """uint8 (N,S,S,3) -> float tensor (N,3,size,size) normalized with ImageNet statistics."""
+def crops_to_tensor(crops: Any, size: int):
+    """uint8 (N,S,S,3) array or tensor -> float tensor (N,3,size,size) normalized with ImageNet
+    statistics (on the tensor's device)."""
     import torch
     import torch.nn.functional as F
 
-    x = torch.from_numpy(((np.asarray(crops, np.float32) / 255.0 - MEAN) / STD).transpose(0, 3, 1, 2).copy())
+    x = crops if isinstance(crops, torch.Tensor) else torch.from_numpy(np.asarray(crops))
+    mean, std = torch.from_numpy(MEAN).to(x.device), torch.from_numpy(STD).to(x.device)
+    x = ((x.float() / 255.0 - mean) / std).permute(0, 3, 1, 2).contiguous()
     if x.shape[-1] != size:
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return x

@@ -155,16 +155,12 @@ def _nets():
         def embed(self, crops):
             """Embeddings (m, dim) of uint8 crops (m, S, S, 3); augmented in training, and in
             chunks at inference so a bag of 10,000 cells fits in memory."""
-            from hemaflow.plugins.pretrain import MEAN, STD, augment
+            from hemaflow.plugins.pretrain import augment, crops_to_tensor
 
             step = len(crops) if self.training else self.chunk
             out = []
             for i in range(0, len(crops), max(1, step)):
-                c = crops[i:i + step].float() / 255.0
-                c = ((c - torch.from_numpy(MEAN)) / torch.from_numpy(STD)).permute(0, 3, 1, 2)
-                if c.shape[-1] != self.size:
-                    c = F.interpolate(c, size=(self.size, self.size), mode="bilinear", align_corners=False,
-                                      antialias=True)
+                c = crops_to_tensor(crops[i:i + step], self.size)
                 out.append(self.backbone(augment(c, self.gen) if self.training else c))
             return torch.cat(out) if out else torch.zeros(0, self.dim)
 
