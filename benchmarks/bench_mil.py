@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -175,27 +176,58 @@ MINORITY_EXTRA = {"attention_mil": ["steps.mil.uses=attention_mil"],
                   "gated per_class": ["steps.mil.with.branches=per_class"]}
 
 
+def _paired(correct: dict[str, dict[tuple[int, str], bool]], reference: str) -> None:
+    """Each variant against ``reference`` on the same patients (all seeds pooled): patients only
+    it got right / only the reference got right, McNemar's exact test, and a bootstrap 95%
+    interval (patients resampled) of the accuracy difference."""
+    from scipy.stats import binomtest
+
+    ref = correct[reference]
+    rng = np.random.default_rng(0)
+    for name, c in correct.items():
+        if name == reference:
+            continue
+        keys = sorted(set(c) & set(ref))
+        a = np.array([c[k] for k in keys], dtype=float)
+        b = np.array([ref[k] for k in keys], dtype=float)
+        wins, losses = int(((a == 1) & (b == 0)).sum()), int(((a == 0) & (b == 1)).sum())
+        p = binomtest(wins, wins + losses).pvalue if wins + losses else 1.0
+        boot = [(a[i] - b[i]).mean() for i in rng.integers(0, len(a), size=(2000, len(a)))]
+        lo, hi = np.percentile(boot, [2.5, 97.5])
+        print(f"[minority]   {name:22s} vs {reference}: accuracy {a.mean() - b.mean():+.3f} (95% CI {lo:+.3f} to {hi:+.3f}), "
+              f"{wins} patients only it got right, {losses} only {reference}; McNemar p = {p:.3f} (n={len(a)})")
+
+
 def bench_minority(seeds=(0, 1, 2), images_per_patient: int = 8, cache: Path | None = None,
-                   rate: tuple[float, float] = (0.1, 0.3)) -> None:
+                   rate: tuple[float, float] = (0.1, 0.3), patients_per_class: int = 8) -> None:
     """A minority of abnormal cells (10-30% per leukemic patient) and bigger bags (8 fields per
     patient, about 20 cells): gated attention (the headline) vs plain attention, per-class
     attention branches, mean and max pooling; same cache per seed, several seeds."""
     sets = [f"steps.data.with.abnormal_rate=[{rate[0]}, {rate[1]}]",
-            f"steps.data.with.images_per_patient={images_per_patient}"]
+            f"steps.data.with.images_per_patient={images_per_patient}",
+            f"steps.data.with.patients_per_class={patients_per_class}"]
     rows: dict[str, list[dict]] = {}
+    correct: dict[str, dict[tuple[int, str], bool]] = {}  # variant -> (seed, patient) -> right?
     with tempfile.TemporaryDirectory() as d:
         d = Path(d)
         cache = cache or d / "cache"
         for seed in seeds:
             res = hemaflow_sweep(MINORITY_RECIPES, d / f"seed{seed}", cache, *sets, f"seed={seed}")
+            run_dirs = {r: d / f"seed{seed}" / r.removesuffix(".yaml") for r in MINORITY_RECIPES}
             for name, extra in MINORITY_EXTRA.items():
                 _, m = hemaflow_run("mil_multimodal.yaml", d / f"seed{seed}-{name}", cache, *sets, *extra, f"seed={seed}")
                 res[name] = (0.0, m)
+                run_dirs[name] = d / f"seed{seed}-{name}"
             for r, (t, m) in res.items():
                 print(f"[minority] seed {seed} {r:22s} {_summary(m)}", flush=True)
                 rows.setdefault(r, []).append({**m.get("patient", {}), **{k: v for k, v in m.get("mil", {}).items()
                                                                           if isinstance(v, (int, float))}})
-    print(f"[minority] abnormal_rate {list(rate)}, {images_per_patient} fields per patient, seeds {list(seeds)}: mean over seeds")
+                pr = pd.read_csv(run_dirs[r] / "predictions.csv")
+                pr = pr[pr["level"] == "patient"]
+                correct.setdefault(r, {}).update({(seed, i): bool(ok) for i, ok in zip(pr["id"], pr["y_true"] == pr["y_pred"])})
+    _paired(correct, reference="mil_mean.yaml")
+    print(f"[minority] abnormal_rate {list(rate)}, {patients_per_class} patients per class, {images_per_patient} fields "
+          f"per patient, seeds {list(seeds)}: mean over seeds")
     for r, ms in rows.items():
         def avg(key):
             vals = [m[key] for m in ms if key in m]
@@ -212,6 +244,7 @@ def main() -> None:
     ap.add_argument("--cache", help="minority: keep the step cache here (rerun only the MIL variants)")
     ap.add_argument("--rate", default="0.1,0.3", help="minority: abnormal-cell rate range of leukemic patients")
     ap.add_argument("--fields", type=int, default=8, help="minority: fields per patient")
+    ap.add_argument("--patients", type=int, default=8, help="minority: patients per class")
     args = ap.parse_args()
     parts = args.only.split(",")
     for name in ("step", "toy", "headline", "minority"):
@@ -219,7 +252,8 @@ def main() -> None:
             if name == "minority":
                 lo, hi = (float(x) for x in args.rate.split(","))
                 bench_minority(seeds=tuple(int(x) for x in args.seeds.split(",")), images_per_patient=args.fields,
-                               cache=Path(args.cache) if args.cache else None, rate=(lo, hi))
+                               cache=Path(args.cache) if args.cache else None, rate=(lo, hi),
+                               patients_per_class=args.patients)
             else:
                 globals()[f"bench_{name}"]()
 
