@@ -1,5 +1,14 @@
 """Loading recipes: YAML with line/column tracking, duplicate keys, ``extends``, ``--set``.
 
+``extends`` deep-merges: maps merge, lists and scalars replace. To drop an inherited key, give
+it the value ``!reset`` (the tag Docker Compose uses for the same thing), in a recipe or on the
+command line (``--set steps.encoder=!reset``)::
+
+    extends: mil_multimodal.yaml
+    steps:
+      encoder: !reset                  # no frozen encoder step
+      mil: {inputs: {embeddings: !reset}}
+
 Every value of a loaded recipe is located by its JSON pointer (``/steps/mil/with/epochs``) in
 an :class:`Origin`: the file, line and column it came from, a ``--set`` override, or a schema
 default. Errors and ``hemaflow resolve --origins`` use these locations.
@@ -47,8 +56,34 @@ class Source:
     keys: dict[str, Origin] = field(default_factory=dict)  # pointer -> origin of the key
 
 
+class _Reset:
+    """The value of a ``!reset`` key: remove what ``extends`` (or the recipe) gave that key."""
+
+    def __repr__(self) -> str:
+        return "!reset"
+
+    def __copy__(self) -> "_Reset":
+        return self
+
+    def __deepcopy__(self, memo: dict) -> "_Reset":
+        return self
+
+
+RESET = _Reset()
+
+
 class _Loader(yaml.SafeLoader):
     """SafeLoader: never constructs Python objects, so recipes cannot execute code."""
+
+
+_Loader.add_constructor("!reset", lambda loader, node: RESET)
+
+
+def _without_resets(value: Any) -> Any:
+    """``value`` with every ``!reset`` key removed (there was nothing to reset)."""
+    if isinstance(value, dict):
+        return {k: _without_resets(v) for k, v in value.items() if v is not RESET}
+    return value
 
 
 def _mark(path: str, mark: yaml.Mark) -> Origin:
@@ -57,6 +92,8 @@ def _mark(path: str, mark: yaml.Mark) -> Origin:
 
 def _convert(node: yaml.Node, path: str, ptr: str, src: Source, loader: _Loader, problems: list[Problem]) -> Any:
     src.values[ptr] = _mark(path, node.start_mark)
+    if node.tag == "!reset":
+        return RESET
     standard = {yaml.MappingNode: "tag:yaml.org,2002:map", yaml.SequenceNode: "tag:yaml.org,2002:seq"}
     if type(node) in standard and node.tag != standard[type(node)]:
         raise yaml.constructor.ConstructorError(None, None, f"unsupported YAML tag {node.tag!r} (recipes hold "
@@ -83,6 +120,10 @@ def _convert(node: yaml.Node, path: str, ptr: str, src: Source, loader: _Loader,
             out[key] = _convert(value_node, path, child, src, loader, problems)
         return out
     if isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            if v.tag == "!reset":
+                problems.append(Problem(path, v.start_mark.line + 1, v.start_mark.column + 1, f"{ptr}/{i}",
+                                        "!reset removes a key; it cannot be a list item"))
         return [_convert(v, path, f"{ptr}/{i}", src, loader, problems) for i, v in enumerate(node.value)]
     return loader.construct_object(node, deep=True)
 
@@ -178,17 +219,22 @@ def _descendants(origins: dict[str, Origin], ptr: str) -> list[str]:
 
 def _merge(base: Any, over: Any, ptr: str, origins: dict[str, Origin], key_origins: dict[str, Origin],
            src: Source | None, set_origin: Origin | None = None) -> Any:
-    """Deep merge ``over`` into ``base``: maps merge, scalars and lists replace."""
+    """Deep merge ``over`` into ``base``: maps merge, scalars and lists replace, ``!reset`` removes."""
     if isinstance(base, dict) and isinstance(over, dict):
         out = dict(base)
         for k, v in over.items():
             child = ptr + "/" + escape(k)
+            if v is RESET:
+                out.pop(k, None)
+                _forget(origins, key_origins, child)
+                continue
             out[k] = _merge(base.get(k), v, child, origins, key_origins, src, set_origin)
             if src is not None and child in src.keys:
                 key_origins[child] = src.keys[child]
         if src is not None and ptr in src.values:
             origins.setdefault(ptr, src.values[ptr])
         return out
+    over = _without_resets(over)
     if src is None and set_origin is None:  # already located (a parent recipe)
         return copy.deepcopy(over)
     for p in _descendants(origins, ptr):
@@ -206,6 +252,12 @@ def _merge(base: Any, over: Any, ptr: str, origins: dict[str, Origin], key_origi
         origins[ptr] = set_origin
         key_origins[ptr] = set_origin
     return copy.deepcopy(over)
+
+
+def _forget(origins: dict[str, Origin], key_origins: dict[str, Origin], ptr: str) -> None:
+    for d in (origins, key_origins):
+        for p in [ptr, *_descendants(d, ptr)]:
+            d.pop(p, None)
 
 
 def _load_with_extends(path: Path, stack: list[Path], recipe: Recipe) -> dict[str, Any]:
@@ -262,6 +314,13 @@ def apply_override(recipe: Recipe, text: str) -> None:
     origin = Origin(f"--set {text}")
     node = recipe.data
     ptr = ""
+    if value is RESET:  # remove the key if it is there; never create its parents
+        for part in parts[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(parts[-1], None)
+        _forget(recipe.origins, recipe.key_origins, pointer(*parts))
+        return
     for part in parts[:-1]:
         ptr += "/" + escape(part)
         if not isinstance(node.get(part), dict):

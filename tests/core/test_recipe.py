@@ -111,6 +111,46 @@ def test_extends_list_later_parent_wins(tmp_path, monkeypatch):
     assert r.data == {"name": "c", "seed": 2, "device": "cpu"}
 
 
+def test_reset_drops_inherited_keys(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "base.yaml", """
+        name: base
+        report: {uses: html}
+        steps:
+          encoder: {uses: instance_encoder, with: {epochs: 3}}
+          mil:
+            uses: gated_attention_mil
+            inputs: {embeddings: encoder, features: radiomics}
+            with: {epochs: 10, encoder: {backbone: a}}
+    """)
+    write(tmp_path / "child.yaml", """
+        extends: base.yaml
+        name: child
+        unknown: !reset                 # nothing to reset: ignored
+        steps:
+          encoder: !reset
+          mil:
+            inputs: {embeddings: !reset null}   # in flow style a tag needs a value after it
+            with: {encoder: !reset {}, new: {a: 1, b: !reset ""}}
+    """)
+    r = load_recipe("child.yaml", ["report=!reset", "steps.mil.with.epochs=!reset", "steps.nothing.here=!reset"])
+    assert r.data == {"name": "child",
+                      "steps": {"mil": {"uses": "gated_attention_mil", "inputs": {"features": "radiomics"},
+                                        "with": {"new": {"a": 1}}}}}
+    # the origins of removed values are gone; the kept ones still point at their files
+    assert not [p for p in r.origins if p.startswith(("/steps/encoder", "/report", "/steps/mil/inputs/embeddings",
+                                                      "/steps/mil/with/epochs", "/steps/mil/with/encoder"))]
+    assert str(r.origins["/steps/mil/inputs/features"]) == "base.yaml:7:45"
+
+
+def test_reset_is_not_a_list_item(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "r.yaml", "name: r\nsizes: [1, !reset null]\n")
+    with pytest.raises(RecipeError) as exc:
+        load_recipe("r.yaml")
+    assert problems(exc) == ["r.yaml:2:12: /sizes/1: !reset removes a key; it cannot be a list item"]
+
+
 def test_override_errors(tmp_path):
     write(tmp_path / "r.yaml", "name: r\nseed: 1\n")
     with pytest.raises(UsageError) as exc:
