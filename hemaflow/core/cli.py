@@ -124,7 +124,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     status = 0
     for path in args.recipes:
         try:
-            _resolve(path)
+            _resolve(path, args.set)
             print(f"{path}: ok")
         except RecipeError as exc:
             for p in exc.problems:
@@ -251,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("validate", help="check recipes; one line per problem")
     v.add_argument("recipes", nargs="+")
+    v.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="check the recipes with this override (as `run --set` would apply it)")
     v.set_defaults(func=cmd_validate)
 
     s = sub.add_parser("resolve", help="print the resolved recipe")

@@ -32,6 +32,18 @@ def test_validate_ok_and_problem_lines(tmp_path, capsys):
     ]
 
 
+def test_validate_with_overrides_and_reset(capsys):
+    # a --set is checked as `run --set` would apply it; `!reset` drops a step that others still use
+    assert main(["validate", "recipes/mil_multimodal.yaml", "--set", "steps.mil.with.epochs=3"]) == 0
+    assert capsys.readouterr().out == "recipes/mil_multimodal.yaml: ok\n"
+    assert main(["validate", "recipes/mil_multimodal.yaml", "--set", "steps.encoder=!reset"]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("recipes/mil_multimodal.yaml:")
+    assert err[0].endswith("/steps/mil/inputs/embeddings: no step 'encoder'")
+    assert main(["validate", "recipes/mil_multimodal.yaml", "--set", "steps.encoder=!reset",
+                 "--set", "steps.mil.inputs.embeddings=!reset"]) == 0
+
+
 def test_resolve_origins(capsys):
     assert main(["resolve", "tests/core/recipes/tiny_nucleus.yaml", "--origins", "--set", "seed=7"]) == 0
     lines = capsys.readouterr().out.splitlines()
