@@ -78,7 +78,7 @@ def bench_step() -> None:
     print(f"[step] attention MIL training step, 200 x 512-d bag, 1 thread, fused AdamW: {total:.2f} ms ({split})")
 
 
-def bench_toy(seeds=(0, 1, 2)) -> None:
+def bench_toy(seeds=(0, 1, 2), n_patients: int = 30) -> None:
     from hemaflow.plugins import mil
     from hemaflow.testing import make, make_context
     from tests.plugins.mil_helpers import kfold_split, synthetic_instances
@@ -86,7 +86,7 @@ def bench_toy(seeds=(0, 1, 2)) -> None:
     rows = {"mean_mil": [], "attention_mil": [], "gated_attention_mil": []}
     for seed in seeds:
         tmp = Path(tempfile.mkdtemp())
-        feats, cells = synthetic_instances(tmp, n_patients=30, cells=(20, 60), dim=16, abnormal_rate=0.1, seed=seed)
+        feats, cells = synthetic_instances(tmp, n_patients=n_patients, cells=(20, 60), dim=16, abnormal_rate=0.1, seed=seed)
         pl = feats.table.groupby("patient_id")["label"].first()
         split = kfold_split(tmp, list(pl.index), list(pl.values), k=5, seed=seed)
         for cls in (mil.MeanMIL, mil.AttentionMIL, mil.GatedAttentionMIL):
@@ -96,7 +96,7 @@ def bench_toy(seeds=(0, 1, 2)) -> None:
             bacc = float(np.mean([(g.y_pred == g.y_true).mean() for _, g in pr.groupby("y_true")]))
             m = res["metrics"].values["mil"]
             rows[cls.name].append((bacc, m["precision_at_k"], m["abnormal_fraction"], m["r_precision_at_k"]))
-    print(f"[toy] 30 patients (AML/NORMAL), 20-60 cells each, 10% abnormal cells in AML bags, 5-fold, seeds {list(seeds)}")
+    print(f"[toy] {n_patients} patients (AML/NORMAL), 20-60 cells each, 10% abnormal cells in AML bags, 5-fold, seeds {list(seeds)}")
     for name, r in rows.items():
         a = np.array(r)
         print(f"[toy]   {name:22s} patient balanced acc {a[:, 0].mean():.3f} (per seed {np.round(a[:, 0], 3).tolist()}), "
@@ -293,6 +293,7 @@ def main() -> None:
     ap.add_argument("--rate", default="0.1,0.3", help="minority: abnormal-cell rate range of leukemic patients")
     ap.add_argument("--fields", type=int, default=8, help="minority: fields per patient")
     ap.add_argument("--patients", type=int, default=24, help="minority: patients per class")
+    ap.add_argument("--toy-patients", type=int, default=30, help="toy: patients (AML and NORMAL)")
     args = ap.parse_args()
     parts = args.only.split(",")
     for name in ("step", "toy", "headline", "minority"):
@@ -302,6 +303,8 @@ def main() -> None:
                 bench_minority(seeds=tuple(int(x) for x in args.seeds.split(",")), images_per_patient=args.fields,
                                cache=Path(args.cache) if args.cache else None, rate=(lo, hi),
                                patients_per_class=args.patients)
+            elif name == "toy":
+                bench_toy(n_patients=args.toy_patients)
             else:
                 globals()[f"bench_{name}"]()
 
