@@ -93,6 +93,11 @@ def _mark(path: str, mark: yaml.Mark) -> Origin:
 def _convert(node: yaml.Node, path: str, ptr: str, src: Source, loader: _Loader, problems: list[Problem]) -> Any:
     src.values[ptr] = _mark(path, node.start_mark)
     if node.tag == "!reset":
+        empty = not node.value if isinstance(node.value, list) else str(node.value) in ("", "null", "~", "Null", "NULL")
+        if not empty:
+            problems.append(Problem(path, node.start_mark.line + 1, node.start_mark.column + 1, ptr,
+                                    "!reset removes the key and takes no value; write the value without !reset "
+                                    "to set it"))
         return RESET
     standard = {yaml.MappingNode: "tag:yaml.org,2002:map", yaml.SequenceNode: "tag:yaml.org,2002:seq"}
     if type(node) in standard and node.tag != standard[type(node)]:
@@ -103,6 +108,10 @@ def _convert(node: yaml.Node, path: str, ptr: str, src: Source, loader: _Loader,
         out: dict[Any, Any] = {}
         first_seen: dict[Any, yaml.Node] = {}
         for key_node, value_node in node.value:
+            if key_node.tag == "!reset":
+                problems.append(Problem(path, key_node.start_mark.line + 1, key_node.start_mark.column + 1, ptr,
+                                        "!reset goes after a key (key: !reset), not in place of one"))
+                continue
             key = loader.construct_object(key_node, deep=True)
             if not isinstance(key, (str, int, float, bool)) or key is None:
                 problems.append(Problem(path, key_node.start_mark.line + 1, key_node.start_mark.column + 1, ptr,
@@ -305,6 +314,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.load(raw, Loader=_Loader) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise UsageError(f"--set {text!r}: the value is not valid YAML ({exc})") from None
+    if value is RESET and raw.strip().removeprefix("!reset").strip() not in ("", "null", "~", '""', "''", "{}", "[]"):
+        raise UsageError(f"--set {text!r}: !reset removes the key and takes no value; write the value without !reset "
+                         f"to set it")
     return key.split("."), value
 
 

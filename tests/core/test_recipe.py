@@ -143,12 +143,20 @@ def test_reset_drops_inherited_keys(tmp_path, monkeypatch):
     assert str(r.origins["/steps/mil/inputs/features"]) == "base.yaml:7:45"
 
 
-def test_reset_is_not_a_list_item(tmp_path, monkeypatch):
+def test_reset_misuse_is_reported_with_its_location(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write(tmp_path / "r.yaml", "name: r\nsizes: [1, !reset null]\n")
     with pytest.raises(RecipeError) as exc:
         load_recipe("r.yaml")
     assert problems(exc) == ["r.yaml:2:12: /sizes/1: !reset removes a key; it cannot be a list item"]
+    write(tmp_path / "r.yaml", "name: r\nseed: !reset 5\n!reset : 1\nsteps: !reset {a: 1}\nwith: !reset {}\n")
+    with pytest.raises(RecipeError) as exc:
+        load_recipe("r.yaml")
+    assert problems(exc) == [
+        "r.yaml:2:7: /seed: !reset removes the key and takes no value; write the value without !reset to set it",
+        "r.yaml:3:1: /: !reset goes after a key (key: !reset), not in place of one",
+        "r.yaml:4:8: /steps: !reset removes the key and takes no value; write the value without !reset to set it",
+    ]
 
 
 def test_override_errors(tmp_path):
@@ -159,6 +167,10 @@ def test_override_errors(tmp_path):
     with pytest.raises(UsageError) as exc:
         load_recipe(tmp_path / "r.yaml", ["seed.x=1"])
     assert str(exc.value) == "--set 'seed.x=1': seed is not a mapping"
+    with pytest.raises(UsageError) as exc:
+        load_recipe(tmp_path / "r.yaml", ["seed=!reset 5"])
+    assert str(exc.value) == ("--set 'seed=!reset 5': !reset removes the key and takes no value; write the value "
+                              "without !reset to set it")
 
 
 def test_recipes_cannot_construct_python_objects(tmp_path, monkeypatch):
