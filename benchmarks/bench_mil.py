@@ -229,9 +229,11 @@ def _cell_separability(run_dir: Path, cache: Path) -> dict[str, float]:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    from hemaflow.core.cache import StepCache
+
     prov = json.loads((run_dir / "provenance.json").read_text())
     key = next(st["cache_key"] for st in prov["steps"] if st["component"] == "radiomics")
-    t = pd.read_parquet(cache / "steps" / key[:2] / key / "features" / "table.parquet")
+    t = pd.read_parquet(StepCache(cache).entry(key) / "features" / "table.parquet")
     x = np.nan_to_num(t.filter(like="radiomics_").to_numpy(float))
     y = np.where(t["truth"] == "abnormal", t["label"], "normal")
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, C=0.3))

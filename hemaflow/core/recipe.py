@@ -79,6 +79,14 @@ class _Loader(yaml.SafeLoader):
 _Loader.add_constructor("!reset", lambda loader, node: RESET)
 
 
+_RESET_TAKES_NO_VALUE = "!reset removes the key and takes no value; write the value without !reset to set it"
+
+
+def _reset_has_value(node: yaml.Node) -> bool:
+    """True when a ``!reset`` node carries a value (``!reset 5``, ``!reset {a: 1}``)."""
+    return bool(node.value) if isinstance(node.value, list) else str(node.value) not in ("", "null", "~", "Null", "NULL")
+
+
 def _without_resets(value: Any) -> Any:
     """``value`` with every ``!reset`` key removed (there was nothing to reset)."""
     if isinstance(value, dict):
@@ -93,11 +101,9 @@ def _mark(path: str, mark: yaml.Mark) -> Origin:
 def _convert(node: yaml.Node, path: str, ptr: str, src: Source, loader: _Loader, problems: list[Problem]) -> Any:
     src.values[ptr] = _mark(path, node.start_mark)
     if node.tag == "!reset":
-        empty = not node.value if isinstance(node.value, list) else str(node.value) in ("", "null", "~", "Null", "NULL")
-        if not empty:
+        if _reset_has_value(node):
             problems.append(Problem(path, node.start_mark.line + 1, node.start_mark.column + 1, ptr,
-                                    "!reset removes the key and takes no value; write the value without !reset "
-                                    "to set it"))
+                                    _RESET_TAKES_NO_VALUE))
         return RESET
     standard = {yaml.MappingNode: "tag:yaml.org,2002:map", yaml.SequenceNode: "tag:yaml.org,2002:seq"}
     if type(node) in standard and node.tag != standard[type(node)]:
@@ -314,9 +320,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.load(raw, Loader=_Loader) if raw.strip() else None
     except yaml.YAMLError as exc:
         raise UsageError(f"--set {text!r}: the value is not valid YAML ({exc})") from None
-    if value is RESET and raw.strip().removeprefix("!reset").strip() not in ("", "null", "~", '""', "''", "{}", "[]"):
-        raise UsageError(f"--set {text!r}: !reset removes the key and takes no value; write the value without !reset "
-                         f"to set it")
+    if value is RESET and _reset_has_value(yaml.compose(raw, Loader=_Loader)):
+        raise UsageError(f"--set {text!r}: {_RESET_TAKES_NO_VALUE}")
     return key.split("."), value
 
 
