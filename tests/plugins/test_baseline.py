@@ -1,0 +1,98 @@
+"""The pooled classical baseline (pooled_baseline): pooling, training-only fitting, predictions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from hemaflow.core.errors import DataError
+from hemaflow.plugins.artifacts import FeatureTable
+from hemaflow.plugins.evaluate import ClassificationEvaluator
+from hemaflow.plugins.mil.baseline import PooledBaseline, pool_bags, pooled_names
+from hemaflow.plugins.mil.bags import build_instances, make_bags
+from hemaflow.testing import check_component, make, make_context
+from tests.plugins.mil_helpers import kfold_split, synthetic_instances
+
+
+@pytest.fixture()
+def data(tmp_path):
+    feats, cells = synthetic_instances(tmp_path, n_patients=24, cells=(20, 40), dim=4, abnormal_rate=0.4)
+    pl = feats.table.groupby("patient_id")["label"].first()
+    split = kfold_split(tmp_path, list(pl.index), list(pl.values), k=3)
+    return feats, cells, split
+
+
+def test_conformance(registry):
+    check_component(PooledBaseline)
+    assert registry.get("mil", "pooled_baseline") is PooledBaseline
+
+
+def test_pool_bags_by_hand():
+    x = np.array([[1.0, 10.0], [3.0, np.nan], [5.0, 30.0], [7.0, 7.0]])
+    bags = {"A": np.array([0, 1, 2]), "B": np.array([3])}
+    out = pool_bags(x, bags, ["A", "B"], ["mean", "sd", "q50", "q90"])
+    assert pooled_names(["f", "g"], ["mean", "sd"]) == ["mean:f", "mean:g", "sd:f", "sd:g"]
+    np.testing.assert_allclose(out[0], [3.0, 20.0, np.std([1, 3, 5]), 10.0, 3.0, 20.0, 4.6, 28.0])
+    np.testing.assert_allclose(out[1], [7, 7, 0, 0, 7, 7, 7, 7])
+
+
+def test_predicts_minority_signal_and_evaluates_like_mil(tmp_path, data):
+    feats, cells, split = data
+    out = make(PooledBaseline).run(make_context(tmp_path / "w"), split=split, features=feats, cells=cells)
+    pred = out["predictions"].table
+    assert len(pred) == 24 and set(pred["level"]) == {"patient"}
+    assert np.allclose(pred[["prob_AML", "prob_NORMAL"]].sum(axis=1), 1.0)
+    assert out["metrics"].values["mil"]["n_pooled_features"] == 4 * 5
+    assert (pred["y_true"] == pred["y_pred"]).mean() >= 0.9  # mean of feature 0 gives the AML bags away
+    m = make(ClassificationEvaluator, n_bootstrap=0).run(make_context(tmp_path / "e"), predictions=out["predictions"],
+                                                        split=split)["metrics"].values
+    assert m["patient"]["n"] == 24 and m["patient"]["auroc"] >= 0.95
+    att = out["attention"].table
+    assert np.allclose(att.groupby("patient_id")["score"].sum(), 1.0)
+    imp = pd.read_csv(out["model"].path / "feature_importance.csv")
+    assert imp["feature"].iloc[0] in {"mean:f0", "q50:f0", "q90:f0", "sd:f0"}  # the signal feature leads
+
+
+def test_scaler_and_model_are_fitted_on_training_patients_only(tmp_path, data):
+    feats, cells, split = data
+    a = make(PooledBaseline).run(make_context(tmp_path / "a"), split=split, features=feats)
+    inst = build_instances(features=feats)
+    bags = make_bags(inst.table)
+    x = inst.matrix(0)
+    train = sorted(split.patients(0, "train"))
+    sc = np.load(a["model"].path / "fold0_scaler.npz")
+    assert sorted(sc["train_patients"]) == train
+    pooled = pool_bags(x, bags, train)
+    np.testing.assert_allclose(sc["mean"], pooled.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(sc["std"], pooled.std(0), rtol=1e-4)
+    # a drastic change to fold 0's test patients changes neither its scaler nor its model, only
+    # their predictions
+    test = split.patients(0, "test")
+    t = feats.table.copy()
+    rows = t["patient_id"].isin(test)
+    t.loc[rows, "f0"] = t.loc[rows, "f0"] * 50 + 100
+    b = make(PooledBaseline).run(make_context(tmp_path / "b"), split=split,
+                                 features=FeatureTable(tmp_path / "shifted", t, feats.meta).save())
+    sb = np.load(b["model"].path / "fold0_scaler.npz")
+    np.testing.assert_array_equal(sc["mean"], sb["mean"])
+    ma, mb = np.load(a["model"].path / "fold0_model.npz"), np.load(b["model"].path / "fold0_model.npz")
+    np.testing.assert_array_equal(ma["coef"], mb["coef"])
+    pa, pb = (r["predictions"].table.set_index("id") for r in (a, b))
+    assert not np.allclose(pa.loc[sorted(test), "prob_AML"], pb.loc[sorted(test), "prob_AML"])
+    # train_val adds the validation patients to the fit
+    c = make(PooledBaseline, fit_on="train_val").run(make_context(tmp_path / "c"), split=split, features=feats)
+    sc_c = np.load(c["model"].path / "fold0_scaler.npz")
+    assert sorted(sc_c["train_patients"]) == sorted(split.patients(0, "train") | split.patients(0, "val"))
+
+
+def test_random_forest_and_one_class_training_error(tmp_path, data):
+    feats, cells, split = data
+    rf = make(PooledBaseline, model="random_forest", n_estimators=50).run(make_context(tmp_path / "rf"),
+                                                                          split=split, features=feats)
+    assert (rf["predictions"].table["y_true"] == rf["predictions"].table["y_pred"]).mean() >= 0.8
+    t = feats.table.copy()
+    t["label"] = "AML"
+    one = FeatureTable(tmp_path / "one", t, feats.meta).save()
+    with pytest.raises(DataError, match="fold 0: the training patients have one class only"):
+        make(PooledBaseline).run(make_context(tmp_path / "x"), split=split, features=one)
