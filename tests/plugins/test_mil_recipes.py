@@ -38,7 +38,7 @@ def test_end_to_end_recipe_runs_tiny(tmp_path, monkeypatch):
 
 
 def test_all_mil_recipes_validate():
-    assert len(MIL_RECIPES) == 12
+    assert len(MIL_RECIPES) == 14
     assert main(["validate", *map(str, MIL_RECIPES)]) == 0
 
 
