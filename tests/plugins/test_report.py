@@ -191,7 +191,7 @@ def test_report_from_real_tiny_run(tmp_path):
     steps = [a["id"][5:] for tag, a in p.tags if tag == "h3" and (a.get("id") or "").startswith("step-")]
     assert steps == ["data", "split", "seg", "seg_eval", "truth", "cells", "features", "clf", "eval"]
     assert "<th>cache hits</th><td>0 of 9</td>" in text
-    assert "Predicted (magenta) vs true (green) contours, worst and best" in text
+    assert "Worst 2 by Dice cell: true (green) vs predicted (magenta) contours" in text
     assert text.count("<svg") >= 2  # confusion matrices and ROC curves
     metrics = __import__("json").loads((run_dir / "metrics.json").read_text())
     lo, hi = metrics["patient"]["balanced_accuracy_ci"]
