@@ -166,12 +166,26 @@ def read_mask(path: Path | str, spec: dict[str, Any] | None = None) -> np.ndarra
           value > nucleus is nucleus (anti-aliased grey masks; ``nucleus`` may be null).
         * ``{"mode": "values", "cytoplasm": [128], "nucleus": [255]}``: exact values;
           any other non-zero value is an error (``strict: true``, default) or cytoplasm.
+        * ``{"mode": "colors", "background": [[255, 255, 255]], "cytoplasm": [[0, 0, 255]],
+          "nucleus": [[0, 255, 255]], "tolerance": 40}``: colour-coded RGB masks; each class
+          lists its colours (background defaults to black). A pixel takes the class of the
+          nearest listed colour when it lies within ``tolerance`` (Euclidean RGB distance;
+          default: half the smallest distance between two classes' colours, which survives
+          JPEG compression, see :func:`colour_tolerance`); a pixel farther from every listed colour is an
+          error naming the colours (``strict: true``, default) or takes the nearest colour's class.
         * ``None`` / ``{"mode": "binary"}``: any non-zero value is cell (reads as 1).
-    RGB masks must have equal channels.
+    In the other modes RGB masks must have equal channels.
+
+    Example:
+        >>> read_mask("mask.png", {"mode": "colors", "background": [[255, 255, 255]],
+        ...                        "cytoplasm": [[0, 0, 255]], "nucleus": [[0, 255, 255]]})  # doctest: +SKIP
     """
     arr = read_array(path)
     if arr.dtype == bool:
         arr = arr.astype(np.uint8)
+    spec = spec or {"mode": "binary"}
+    if spec.get("mode") == "colors":
+        return _map_colours(path, to_rgb_uint8(arr, path), spec)
     if arr.ndim == 3 and arr.shape[2] == 2:  # grey + alpha
         arr = arr[..., 0]
     if arr.ndim == 3:
@@ -179,7 +193,6 @@ def read_mask(path: Path | str, spec: dict[str, Any] | None = None) -> np.ndarra
         if not (np.array_equal(chans[..., 0], chans[..., 1]) and np.array_equal(chans[..., 0], chans[..., 2])):
             raise DataError(path, "mask is RGB with unequal channels; expected a grey or label mask")
         arr = chans[..., 0]
-    spec = spec or {"mode": "binary"}
     mode = spec.get("mode", "binary")
     out = np.zeros(arr.shape, dtype=np.uint8)
     if mode == "canonical":
@@ -210,6 +223,88 @@ def read_mask(path: Path | str, spec: dict[str, Any] | None = None) -> np.ndarra
         out[nuc] = 2
         return out
     raise ValueError(f"unknown mask mode {mode!r}")
+
+
+MASK_CLASSES = ("background", "cytoplasm", "nucleus")  # in label order 0, 1, 2
+
+
+def colour_palette(spec: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    """The listed colours of a ``colors`` spec as (K, 3) int32 and their labels (K,) uint8."""
+    colours, labels = [], []
+    for label, name in enumerate(MASK_CLASSES):
+        listed = spec.get(name)
+        if listed is None and name == "background":
+            listed = [[0, 0, 0]]
+        for c in listed or []:
+            colours.append([int(v) for v in c])
+            labels.append(label)
+    return np.asarray(colours, np.int32).reshape(-1, 3), np.asarray(labels, np.uint8)
+
+
+def colour_tolerance(spec: dict[str, Any]) -> float:
+    """``tolerance`` of a ``colors`` spec; absent: half the smallest distance between colours of
+    two classes, so a stored colour is within tolerance of one class at most.
+
+    JPEG's chroma subsampling moves the colours of a one-pixel band at colour borders by ~100
+    (blue next to white at quality 95); flat areas move by a few units.
+    """
+    if spec.get("tolerance") is not None:
+        return float(spec["tolerance"])
+    palette, labels = colour_palette(spec)
+    d = np.sqrt(((palette[:, None, :] - palette[None, :, :]) ** 2).sum(-1))
+    between = d[labels[:, None] != labels[None, :]]
+    return float(between.min()) / 2 if between.size else 0.0
+
+
+def _map_colours(path: Path | str, rgb: np.ndarray, spec: dict[str, Any]) -> np.ndarray:
+    """Map a colour-coded RGB mask to 0/1/2 by the nearest listed colour (see :func:`read_mask`)."""
+    palette, labels = colour_palette(spec)
+    if len(palette) == 0:
+        raise DataError(path, "the colors mask spec lists no colour")
+    tol = colour_tolerance(spec)
+    # distances per distinct stored colour (a PNG mask has a handful, a JPEG one a few thousand)
+    code = (rgb[..., 0].astype(np.int32) << 16) | (rgb[..., 1].astype(np.int32) << 8) | rgb[..., 2]
+    uniq, inverse = np.unique(code.ravel(), return_inverse=True)
+    cols = np.stack([uniq >> 16, (uniq >> 8) & 255, uniq & 255], 1)
+    d2 = ((cols[:, None, :] - palette[None, :, :]) ** 2).sum(-1)
+    nearest = d2.argmin(1)
+    far = d2[np.arange(len(cols)), nearest] > tol * tol
+    if far.any() and spec.get("strict", True):
+        counts = np.bincount(inverse, minlength=len(cols))
+        bad = np.flatnonzero(far)
+        bad = bad[np.argsort(-counts[bad], kind="stable")]
+        shown = ", ".join(f"{cols[i].tolist()} ({int(counts[i])} px)" for i in bad[:5])
+        listed = "; ".join(f"{name} {spec.get(name, [[0, 0, 0]] if name == 'background' else [])}"
+                           for name in MASK_CLASSES)
+        raise DataError(path, f"mask has {int(counts[bad].sum())} pixel(s) of {len(bad)} colour(s) farther than "
+                              f"tolerance {tol:g} from every listed colour, e.g. {shown}; the recipe maps {listed} "
+                              f"(list the colour under a class, raise tolerance, or set strict: false to take "
+                              f"the nearest colour)")
+    return labels[nearest][inverse].reshape(rgb.shape[:2])
+
+
+def check_mask_spec(spec: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """Problems of a mask spec that its JSON schema cannot see, as (pointer below the spec, message).
+
+    Checked: ``tolerance`` only in ``colors`` mode; there, at least one cell colour and no colour
+    listed for two classes.
+    """
+    if not spec:
+        return []
+    if spec.get("mode") != "colors":
+        return [("/tolerance", "tolerance is only used with mode: colors")] if "tolerance" in spec else []
+    problems = []
+    if not spec.get("cytoplasm") and not spec.get("nucleus"):
+        problems.append(("", "a colors mask spec needs the colour(s) of cytoplasm or nucleus; "
+                             "e.g. cytoplasm: [[0, 0, 255]], nucleus: [[0, 255, 255]]"))
+    seen: dict[tuple[int, ...], str] = {}
+    for name in MASK_CLASSES:
+        for i, c in enumerate(spec.get(name) or []):
+            key = tuple(int(v) for v in c)
+            if key in seen and seen[key] != name:
+                problems.append((f"/{name}/{i}", f"colour {list(key)} is listed for both {seen[key]} and {name}"))
+            seen.setdefault(key, name)
+    return problems
 
 
 def write_png(path: Path | str, arr: np.ndarray) -> None:

@@ -347,3 +347,94 @@ def test_wbc_crops_strict_mask_values_find_the_stray_files(shared_data, tmp_path
                        "cellavision/050.png", "cellavision/076.png"]
     assert images.meta["skipped"][0]["reason"].startswith("mask has unexpected values [2, 7, 25, 42, 44]")
     assert len(images.table) == 95
+
+
+# -- colour-coded masks and the data step's mask check ----------------------------------------
+COLOURS = {"mode": "colors", "background": [[255, 255, 255]], "cytoplasm": [[0, 0, 255]],
+           "nucleus": [[0, 255, 255]]}
+
+
+def _colour_crops(root, n=3, size=16):
+    """``n`` tiny crops with white / blue / cyan masks (the convention of the issue's crops)."""
+    palette = np.array([[255, 255, 255], [0, 0, 255], [0, 255, 255]], np.uint8)
+    rows = []
+    for i in range(n):
+        truth = np.zeros((size, size), np.uint8)
+        truth[3:13, 3:13] = 1
+        truth[6:10, 6:10] = 2
+        write_image(root / f"c{i}.png", size=(size, size))
+        Image.fromarray(palette[truth]).save(root / f"c{i}_mask.png")
+        rows.append((f"c{i}.png", f"c{i}_mask.png", "lymphocyte" if i % 2 else "neutrophil"))
+    pd.DataFrame(rows, columns=["image", "mask", "label"]).to_csv(root / "manifest.csv", index=False)
+    return root / "manifest.csv"
+
+
+def test_colour_masks_through_a_reader(tmp_path):
+    manifest = _colour_crops(tmp_path / "d")
+    images, ctx = run(Manifest, tmp_path, path=str(manifest), mask_spec=COLOURS)
+    mask = images.read_mask(images.table.iloc[0])
+    assert np.bincount(mask.ravel()).tolist() == [256 - 100, 100 - 16, 16]
+    assert images.meta["mask_spec"]["mode"] == "colors" and ctx.warnings == []
+
+
+def test_bad_mask_is_refused_by_the_data_step_in_header_mode(tmp_path):
+    manifest = _colour_crops(tmp_path / "d")
+    bad = tmp_path / "d" / "c1_mask.png"
+    arr = np.asarray(Image.open(bad)).copy()
+    arr[0, 0] = (255, 0, 0)
+    Image.fromarray(arr).save(bad)
+    with pytest.raises(DataError) as exc:  # validate: header (the default) decodes masks
+        run(Manifest, tmp_path, path=str(manifest), mask_spec=COLOURS)
+    assert str(exc.value).startswith(f"{bad}: mask has 1 pixel(s) of 1 colour(s) farther than tolerance 127.5 "
+                                     "from every listed colour, e.g. [255, 0, 0] (1 px)")
+    assert str(exc.value).endswith("(set on_error: skip to leave it out)")
+    images, ctx = run(Manifest, tmp_path, path=str(manifest), mask_spec=COLOURS, on_error="skip")
+    assert images.table["image_id"].tolist() == ["c0", "c2"]
+    assert images.meta["skipped"][0]["file"] == str(bad)
+    assert ctx.warnings[0].startswith(f"skipped {bad}: mask has 1 pixel(s)")
+    # colour masks read with a grey spec (the issue's case: no spec read them) are refused up front
+    with pytest.raises(DataError, match=r"c0_mask.png: mask is RGB with unequal channels"):
+        run(Manifest, tmp_path, path=str(manifest), mask_spec={"mode": "values", "cytoplasm": [128]})
+    # validate: none leaves the check to the step that reads the mask
+    images, _ = run(Manifest, tmp_path, path=str(manifest), mask_spec=COLOURS, validate="none")
+    assert len(images.table) == 3
+
+
+def _recipe(tmp_path, manifest, mask_spec):
+    import yaml
+
+    recipe = {"name": "colour_crops", "seed": 0, "device": "cpu", "steps": {
+        "data": {"uses": "manifest", "with": {"path": str(manifest), "mask_spec": mask_spec}},
+        "segment": {"uses": "ground_truth", "inputs": {"images": "data"}},
+        "evaluate": {"uses": "segmentation", "inputs": {"masks": "segment", "images": "data"},
+                     "with": {"partition": "all", "n_overlays": 0}}}}
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    return path
+
+
+def test_recipe_with_a_bad_mask_stops_in_the_data_step(tmp_path, capsys):
+    import json
+
+    from hemaflow.core.cli import main
+
+    manifest = _colour_crops(tmp_path / "d")
+    recipe = _recipe(tmp_path, manifest, COLOURS)
+    assert main(["run", str(recipe), "--out", str(tmp_path / "ok")]) == 0
+    seg = json.loads((tmp_path / "ok" / "metrics.json").read_text())["segmentation"]
+    assert seg["dice"] == 1.0 and seg["dice_nucleus"] == 1.0 and seg["n"] == 3
+    bad = tmp_path / "d" / "c2_mask.png"
+    arr = np.asarray(Image.open(bad)).copy()
+    arr[5, 5:7] = (200, 0, 40)  # two pixels of an unlisted colour
+    Image.fromarray(arr).save(bad)
+    capsys.readouterr()
+    assert main(["run", str(recipe), "--out", str(tmp_path / "bad")]) == 3
+    err = capsys.readouterr().err
+    assert f"{bad}: mask has 2 pixel(s) of 1 colour(s) farther than tolerance 127.5" in err
+    assert "[200, 0, 40] (2 px)" in err and "Traceback" not in err
+    prov = json.loads((tmp_path / "bad" / "provenance.json").read_text())
+    assert prov["status"] == "failed" and prov["steps"] == []  # nothing ran after the data step
+    # a colour spec that is wrong is refused by validate, with its location
+    bad_spec = _recipe(tmp_path, manifest, dict(COLOURS, cytoplasm=[128]))
+    assert main(["validate", str(bad_spec)]) == 1
+    assert "/steps/data/with/mask_spec/cytoplasm/0: must be a list; got 128" in capsys.readouterr().err

@@ -94,6 +94,77 @@ def test_mask_unexpected_values(tmp_path):
     assert io.read_mask(tmp_path / "m.png", dict(spec, strict=False)).tolist() == [[0, 1, 1]]
 
 
+COLOURS = {"mode": "colors", "background": [[255, 255, 255]], "cytoplasm": [[0, 0, 255]],
+           "nucleus": [[0, 255, 255]]}
+
+
+def _colour_mask(h: int = 24, w: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """A white / blue cytoplasm / cyan nucleus mask (the wbc-crops convention) and its 0/1/2 truth."""
+    truth = np.zeros((h, w), np.uint8)
+    truth[4:20, 6:26] = 1
+    truth[9:15, 12:20] = 2
+    palette = np.array([[255, 255, 255], [0, 0, 255], [0, 255, 255]], np.uint8)
+    return palette[truth], truth
+
+
+def test_mask_colors_exact_noisy_and_jpeg(tmp_path):
+    rgb, truth = _colour_mask()
+    Image.fromarray(rgb).save(tmp_path / "m.png")
+    assert np.array_equal(io.read_mask(tmp_path / "m.png", COLOURS), truth)
+    # JPEG-like noise of up to 20 per channel (|d| <= 34.7) stays within tolerance 40
+    noise = np.random.default_rng(0).integers(-20, 21, rgb.shape)
+    Image.fromarray(np.clip(rgb.astype(int) + noise, 0, 255).astype(np.uint8)).save(tmp_path / "n.png")
+    assert np.array_equal(io.read_mask(tmp_path / "n.png", dict(COLOURS, tolerance=40)), truth)
+    with pytest.raises(DataError, match=r"n.png: mask has \d+ pixel\(s\) of \d+ colour\(s\) farther than "
+                                         r"tolerance 5 from every listed colour"):
+        io.read_mask(tmp_path / "n.png", dict(COLOURS, tolerance=5))
+    # a real JPEG: chroma subsampling moves border colours by ~100; the default tolerance
+    # (half the smallest distance between two classes' colours: 255 / 2) still maps every pixel
+    assert io.colour_tolerance(COLOURS) == 127.5
+    Image.fromarray(rgb).save(tmp_path / "m.jpg", quality=75)
+    stored = np.asarray(Image.open(tmp_path / "m.jpg")).astype(int)
+    assert np.abs(stored - rgb.astype(int)).max() > 40  # the JPEG did move colours
+    assert np.array_equal(io.read_mask(tmp_path / "m.jpg", COLOURS), truth)
+
+
+def test_mask_colors_off_palette_and_defaults(tmp_path):
+    rgb, truth = _colour_mask()
+    rgb[0, 0:3] = (255, 0, 0)  # three red pixels: an annotation colour the recipe does not list
+    Image.fromarray(rgb).save(tmp_path / "m.png")
+    with pytest.raises(DataError) as exc:
+        io.read_mask(tmp_path / "m.png", COLOURS)
+    assert str(exc.value) == (
+        f"{tmp_path / 'm.png'}: mask has 3 pixel(s) of 1 colour(s) farther than tolerance 127.5 from every listed "
+        "colour, e.g. [255, 0, 0] (3 px); the recipe maps background [[255, 255, 255]]; cytoplasm [[0, 0, 255]]; "
+        "nucleus [[0, 255, 255]] (list the colour under a class, raise tolerance, or set strict: false to take "
+        "the nearest colour)")
+    # strict: false takes the nearest colour (red is 360 from white and from blue: the first listed wins)
+    loose = io.read_mask(tmp_path / "m.png", dict(COLOURS, strict=False))
+    assert loose[0, :3].tolist() == [0, 0, 0] and np.array_equal(loose[1:], truth[1:])
+    # listing red as nucleus maps it; background defaults to black
+    assert io.read_mask(tmp_path / "m.png", dict(COLOURS, nucleus=[[0, 255, 255], [255, 0, 0]]))[0, :3].tolist() \
+        == [2, 2, 2]
+    black = np.zeros((2, 2, 3), np.uint8)
+    black[0, 0] = (0, 0, 255)
+    Image.fromarray(black).save(tmp_path / "k.png")
+    assert io.read_mask(tmp_path / "k.png", {"mode": "colors", "cytoplasm": [[0, 0, 255]]}).tolist() == [[1, 0], [0, 0]]
+    # a grey mask read with a colour spec is a colour mask with three equal channels
+    Image.fromarray(np.array([[255, 0]], np.uint8)).save(tmp_path / "g.png")
+    assert io.read_mask(tmp_path / "g.png", {"mode": "colors", "background": [[0, 0, 0]],
+                                             "nucleus": [[255, 255, 255]]}).tolist() == [[2, 0]]
+
+
+def test_check_mask_spec():
+    assert io.check_mask_spec(COLOURS) == []
+    assert io.check_mask_spec({"mode": "colors", "background": [[255, 255, 255]]}) == [
+        ("", "a colors mask spec needs the colour(s) of cytoplasm or nucleus; e.g. cytoplasm: [[0, 0, 255]], "
+             "nucleus: [[0, 255, 255]]")]
+    assert io.check_mask_spec(dict(COLOURS, nucleus=[[0, 255, 255], [0, 0, 255]])) == [
+        ("/nucleus/1", "colour [0, 0, 255] is listed for both cytoplasm and nucleus")]
+    assert io.check_mask_spec({"mode": "values", "cytoplasm": [128], "tolerance": 3}) == [
+        ("/tolerance", "tolerance is only used with mode: colors")]
+
+
 def test_binary_1bit_and_16bit_masks(tmp_path):
     Image.fromarray(np.array([[False, True]])).save(tmp_path / "b1.png")
     assert io.read_mask(tmp_path / "b1.png").tolist() == [[0, 1]]

@@ -20,11 +20,12 @@ Modules: :mod:`.synthetic_smears`; :mod:`.folders` (``manifest``, ``class_folder
 :class:`~.common.FileDataset` base every file reader builds on, shared schema pieces). Each module
 registers its own components (``hemaflow.plugins.DEFAULT_PLUGINS``).
 
-Validation is lazy where it is cheap: with ``validate: header`` (the default) each image and mask
-is opened with PIL without decoding the pixels (format, size, mode), which catches unreadable
-files, non-images and image/mask size mismatches for 100k images in seconds; truncated files and
-mask values are caught when a step reads the pixels (a ``DataError`` naming the file) or up front
-with ``validate: full``. ``on_error: skip`` drops bad items (recorded with ``ctx.warn`` and in
+Validation is lazy where it is cheap: with ``validate: header`` (the default) each image is
+opened with PIL without decoding the pixels (format, size, mode), which catches unreadable
+files and non-images for 100k images in seconds, and each mask is decoded with the data set's
+``mask_spec`` (size must match the image, every value or colour must map), so a bad mask is
+refused in the data step rather than after segmentation; truncated images are caught when a step
+reads the pixels (a ``DataError`` naming the file) or up front with ``validate: full``. ``on_error: skip`` drops bad items (recorded with ``ctx.warn`` and in
 ``meta["skipped"]``); ``stop`` raises the first ``DataError``.
 """
 
