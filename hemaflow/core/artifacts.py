@@ -96,7 +96,11 @@ class TableArtifact(Artifact):
 
 
 class Metrics(Artifact):
-    """A metrics dict, merged into the run's ``metrics.json`` (sections by level)."""
+    """A metrics dict, merged into the run's ``metrics.json`` (sections by level).
+
+    Tables written beside it and named in ``meta["exported_files"]`` (e.g. an evaluator's
+    ``per_image.csv``) are copied into the run directory as ``<step id>-<name>``.
+    """
 
     type_name = "Metrics"
 
@@ -115,6 +119,13 @@ class Metrics(Artifact):
         meta = json.loads((path / "meta.json").read_text())
         meta.pop("type", None)
         return cls(path, json.loads((path / "metrics.json").read_text()), meta)
+
+    def export(self, run_dir: Path, step_id: str) -> None:
+        import shutil
+
+        for name in self.meta.get("exported_files") or []:
+            if (self.path / name).is_file():
+                shutil.copyfile(self.path / name, Path(run_dir) / f"{step_id}-{Path(name).name}")
 
     def summary(self) -> str:
         return "Metrics (" + ", ".join(self.values) + ")"

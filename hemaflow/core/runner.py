@@ -88,17 +88,22 @@ def default_run_dir(name: str, root: Path = Path("runs")) -> Path:
     return path
 
 
-def deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
-    """Merge metrics dicts: nested dicts merge, lists concatenate, scalars from ``b`` win."""
-    out = dict(a)
-    for k, v in b.items():
-        if isinstance(out.get(k), dict) and isinstance(v, dict):
-            out[k] = deep_merge(out[k], v)
-        elif isinstance(out.get(k), list) and isinstance(v, list):
-            out[k] = out[k] + v
-        else:
-            out[k] = v
-    return out
+def merge_metrics(steps: list[tuple[str, dict[str, Any]]]) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """Assemble ``metrics.json`` from each step's Metrics values, in step order.
+
+    A section (``segmentation``, ``patient``, ``folds``...) keeps its plain name for the first
+    step that writes it, as the contract documents; the same section from a later step goes under
+    ``<section>@<step id>`` (``segmentation@evaluate_nucleus``), so two evaluators never
+    overwrite each other. Returns the merged dict and, per step id, the keys it wrote.
+    """
+    merged: dict[str, Any] = {}
+    keys: dict[str, list[str]] = {}
+    for step_id, values in steps:
+        for section, value in values.items():
+            key = section if section not in merged else f"{section}@{step_id}"
+            merged[key] = value
+            keys.setdefault(step_id, []).append(key)
+    return merged, keys
 
 
 def _git_commit(path: Path) -> str | None:
@@ -149,6 +154,7 @@ class Runner:
             progress = bool(console is not None and console.is_terminal)
         self._progress_enabled = progress
         self._progress: Any = None
+        self._metrics_keys: dict[str, list[str]] = {}  # step id -> its keys in metrics.json
 
     # -- output ------------------------------------------------------------------------------
     def _print(self, text: str) -> None:
@@ -316,18 +322,24 @@ class Runner:
                        seconds: float, failure: BaseException | None) -> dict[str, Any]:
         import pandas as pd
 
-        metrics: dict[str, Any] = {}
+        metric_steps: list[tuple[str, dict[str, Any]]] = []
         preds = []
         for res in results.values():
             for art in res.outputs.values():
                 if isinstance(art, Metrics):
-                    metrics = deep_merge(metrics, art.values)
+                    metric_steps.append((res.id, art.values))
                 if isinstance(art, Predictions):
                     preds.append(art.table)
                 try:
                     art.export(run_dir, res.id)
                 except Exception as exc:  # exporting is a convenience; never lose the run for it
                     self._print(f"  [yellow]could not export {res.id}: {exc}[/yellow]")
+        metrics, self._metrics_keys = merge_metrics(metric_steps)
+        for step_id, keys in self._metrics_keys.items():
+            for key in keys:
+                if "@" in key:
+                    self._print(f"  [yellow]{step_id} writes metrics section {key.split('@')[0]!r} that an earlier "
+                                f"step wrote: kept as {key!r} in metrics.json[/yellow]")
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
         if preds:
             table = pd.concat(preds, ignore_index=True, sort=False)
@@ -380,7 +392,8 @@ class Runner:
             "steps": [{"id": r.id, "component": r.uses, "kind": r.kind, "params": r.params, "cache_key": r.key,
                        "cache_hit": r.cached, "seconds": round(r.seconds, 3),
                        "original_seconds": round(getattr(r, "ran_seconds", r.seconds) or 0.0, 3),
-                       "warnings": r.warnings}
+                       "warnings": r.warnings,
+                       "metrics": self._metrics_keys.get(r.id, [])}
                       for r in results.values()],
         }
 

@@ -134,3 +134,67 @@ def test_invalid_recipe_does_not_start_and_exits_1(tmp_path, capsys):
     assert main(["run", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "r")]) == 1
     err = capsys.readouterr().err
     assert "/steps/segment/inputs/images: no step 'cells_missing_masks'" in err
+
+
+THREE_EVALUATORS = """\
+name: three_evaluators
+seed: 0
+device: cpu
+steps:
+  data:
+    uses: synthetic_smears
+    with: {patients_per_class: 1, images_per_patient: 1, image_size: 96}
+  segment:
+    uses: classical
+    inputs: {images: data}
+  eval_cell:
+    uses: segmentation
+    inputs: {masks: segment, images: data}
+    with: {partition: all, target: cell, n_overlays: 0}
+  eval_nucleus:
+    uses: segmentation
+    inputs: {masks: segment, images: data}
+    with: {partition: all, target: nucleus, n_overlays: 0}
+  eval_both:
+    uses: segmentation
+    inputs: {masks: segment, images: data}
+    with: {partition: all, target: both, n_overlays: 1}
+"""
+
+
+def test_evaluators_writing_the_same_section_do_not_collide(tmp_path):
+    recipe = tmp_path / "three.yaml"
+    recipe.write_text(THREE_EVALUATORS)
+    assert main(["run", str(recipe), "--out", str(tmp_path / "r")]) == 0
+    d = tmp_path / "r"
+    metrics = json.loads((d / "metrics.json").read_text())
+    # the first evaluator keeps the contract's section name; the others get their own sections
+    assert list(metrics) == ["segmentation", "segmentation@eval_nucleus", "segmentation@eval_both"]
+    first, nucleus, both = (metrics[k] for k in metrics)
+    assert first["target"] == "cell" and "dice_nucleus" not in first and first["n"] == 5
+    assert nucleus["target"] == "nucleus" and "dice_cell" not in nucleus
+    assert both["target"] == "cell" and both["dice_cell"] == first["dice"]
+    assert both["dice_nucleus"] == nucleus["dice"] != first["dice"]  # three different results survive
+    steps = {s["id"]: s["metrics"] for s in provenance(d)["steps"]}
+    assert steps == {"data": [], "segment": [], "eval_cell": ["segmentation"],
+                     "eval_nucleus": ["segmentation@eval_nucleus"], "eval_both": ["segmentation@eval_both"]}
+    # each evaluator's per-image scores land in the run directory
+    for sid in ("eval_cell", "eval_nucleus", "eval_both"):
+        per = pd.read_csv(d / f"{sid}-per_image.csv")
+        assert len(per) == 5 and per["image_id"].is_unique
+    assert pd.read_csv(d / "eval_nucleus-per_image.csv")["dice_nucleus"].mean() == pytest.approx(nucleus["dice"])
+    assert "<h3>segmentation@eval_nucleus</h3>" in (d / "report.html").read_text()
+
+
+def test_merge_metrics_keeps_the_first_section_name():
+    from hemaflow.core.runner import merge_metrics
+
+    merged, keys = merge_metrics([
+        ("seg", {"segmentation": {"dice": 0.9}}),
+        ("clf_eval", {"patient": {"accuracy": 0.8}, "folds": [{"fold": 0}]}),
+        ("clf_eval_val", {"patient": {"accuracy": 0.7}, "folds": [{"fold": 1}]}),
+        ("mil", {"mil": {"epochs": 3}})])
+    assert merged == {"segmentation": {"dice": 0.9}, "patient": {"accuracy": 0.8}, "folds": [{"fold": 0}],
+                      "patient@clf_eval_val": {"accuracy": 0.7}, "folds@clf_eval_val": [{"fold": 1}],
+                      "mil": {"epochs": 3}}
+    assert keys["clf_eval_val"] == ["patient@clf_eval_val", "folds@clf_eval_val"]
