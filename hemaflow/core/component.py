@@ -91,6 +91,15 @@ class Component:
         """
         return []
 
+    def cache_params(self) -> dict[str, Any]:
+        """Return the parameters that enter the step's cache key (default: all of them).
+
+        Override to leave out what cannot change the outputs, e.g. the *path* of a weights file
+        whose content hash :meth:`fingerprint` already gives (so the same weights under another
+        name are recognised), or training options of a step that does not train.
+        """
+        return self.params
+
     def fingerprint(self) -> str | None:
         """Return a hash of external data this component reads (data sets), else None.
 

@@ -184,7 +184,7 @@ class Runner:
             "component": spec.uses,
             "kind": spec.kind,
             "version": spec.cls.version,
-            "params": spec.params,
+            "params": comp.cache_params(),
             "inputs": {name: [results[src].key, out] for name, (src, out) in sorted(spec.inputs.items())},
             "seed": self.seed,
             "fingerprint": fp,

@@ -33,18 +33,24 @@ MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
 SCALE = (0.9, 1.1)  # augment: grid scale range (size in pixels is a morphology cue: keep it)
 SHIFT = 0.1  # augment: largest shift, in half-crop units of affine_grid
+FROZEN_UNUSED = ("epochs", "lr", "max_cells", "temperature", "projection_dim", "threads")  # unused with pretrain: none
 
 
-def create_backbone(name: str, pretrained: str | None = None):
+def create_backbone(name: str, pretrained: str | None = None, img_size: int | None = None):
     """Return a timm backbone without classifier (``num_classes=0``); weights only from a
-    local file (``pretrained``), never downloaded."""
-    import timm
-    import torch
+    local file (``pretrained``), never downloaded.
 
-    try:
-        model = timm.create_model(name, pretrained=False, num_classes=0)
-    except RuntimeError as exc:  # unknown model name
-        raise DataError("<recipe>", f"timm has no model {name!r} ({exc})") from None
+    Weights go through hemaflow's one loader, :func:`hemaflow.plugins.features.load_backbone_weights`
+    (hemaflow/timm safetensors or ``.pth`` state dicts, plain DINOv2 and DinoBloom ``teacher``
+    checkpoints; every backbone weight must fit). ``img_size`` is passed to ViTs (position
+    embeddings; DinoBloom: 224), ignored by convnets.
+    """
+    import timm
+
+    from hemaflow.plugins.features import build_backbone
+
+    if not timm.is_model(name.split(".")[0]):
+        raise DataError("<recipe>", f"timm has no model {name!r} (see timm.list_models())")
     if pretrained:
         from pathlib import Path
 
@@ -52,17 +58,10 @@ def create_backbone(name: str, pretrained: str | None = None):
         if not path.exists():
             raise DataError(path, "pretrained weights file not found; `pretrained` must be a local file "
                                   "(.safetensors, .pth or .bin); nothing is downloaded")
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            if isinstance(state, dict) and "state_dict" in state:
-                state = state["state_dict"]
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if len(missing) > len(model.state_dict()) // 2:
-            raise DataError(path, f"weights do not fit {name!r}: {len(missing)} tensors missing")
+    try:
+        model, _ = build_backbone(name, size=img_size, checkpoint=pretrained or None)
+    except RuntimeError as exc:  # unknown model name
+        raise DataError("<recipe>", f"timm has no model {name!r} ({exc})") from None
     return model
 
 
@@ -287,6 +286,47 @@ class InstanceEncoder(Component):
     inputs = {"cells": "CellSet", "split": "Split?"}
     outputs = {"embeddings": "FeatureTable", "model": "Model"}
 
+    def fingerprint(self) -> str | None:
+        """The content hash of the ``pretrained`` weights file (part of the step's cache key): a
+        frozen encoder's embeddings are computed once per (weights content, crop settings: the
+        ``cells`` input's key) and reused by every ablation, and new weights under the same file
+        name recompute."""
+        from pathlib import Path
+
+        from hemaflow.plugins.features import checkpoint_file, weights_sha256
+
+        w = self.params.get("pretrained")
+        if w and Path(w).expanduser().exists():
+            return weights_sha256(checkpoint_file(w))
+        return None
+
+    def cache_params(self) -> dict[str, Any]:
+        """The parameters in the cache key: the weights file's *path* is left out (its content hash
+        is the fingerprint), and with ``pretrain: none`` (a frozen encoder) so are the pre-training
+        options, which cannot change its embeddings."""
+        params = dict(self.params)
+        if params.get("pretrained"):
+            params["pretrained"] = "<content: see fingerprint>"
+        if params["pretrain"] == "none":
+            for k in FROZEN_UNUSED:
+                params.pop(k, None)
+        return params
+
+    def check_params(self) -> list[tuple[str, str]]:
+        """Problems JSON Schema cannot see: an unknown timm backbone, a missing weights file."""
+        from pathlib import Path
+
+        from hemaflow.plugins.features import timm_model_problem
+
+        out = []
+        problem = timm_model_problem(self.params["backbone"])
+        if problem:
+            out.append(("/backbone", problem))
+        w = self.params.get("pretrained")
+        if w and not Path(w).expanduser().exists():
+            out.append(("/pretrained", f"{w}: file not found (a local weights file; nothing is downloaded)"))
+        return out
+
     def run(self, ctx: RunContext, cells, split=None) -> dict[str, Any]:
         import torch
 
@@ -323,7 +363,7 @@ class InstanceEncoder(Component):
         pid = ids["patient_id"].to_numpy()
         for fold in ctx.progress(folds, description="encoder folds"):
             torch.manual_seed(ctx.torch_seed("init", fold))
-            backbone = create_backbone(p["backbone"], p["pretrained"])
+            backbone = create_backbone(p["backbone"], p["pretrained"], img_size=int(p["image_size"]))
             info: dict[str, Any] = {"fold": int(fold)}
             if mode != "none":
                 train_p = split.patients(fold, "train")

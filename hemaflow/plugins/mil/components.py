@@ -102,6 +102,16 @@ class MILComponent(Component):
     inputs = {"split": "Split", "embeddings": "FeatureTable?", "features": "FeatureTable?", "cells": "CellSet?"}
     outputs = {"predictions": "Predictions", "model": "Model", "attention": "Table", "metrics": "Metrics"}
 
+    def fingerprint(self) -> str | None:
+        """The content hash of the end-to-end encoder's ``pretrained`` weights file, if any (part of
+        the cache key)."""
+        from pathlib import Path
+
+        from hemaflow.plugins.features import checkpoint_file, weights_sha256
+
+        w = (self.params.get("encoder") or {}).get("pretrained")
+        return weights_sha256(checkpoint_file(w)) if w and Path(w).expanduser().exists() else None
+
     def check_params(self) -> list[tuple[str, str]]:
         """Problems JSON Schema cannot see: an unknown timm backbone or a missing weights file
         for the end-to-end ``encoder``."""

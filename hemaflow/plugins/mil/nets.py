@@ -193,7 +193,7 @@ def build_net(aggregator: str, in_dim: int, n_classes: int, params: dict[str, An
         from hemaflow.plugins.pretrain import create_backbone, feature_dim
 
         size = int(enc.get("image_size", 64))
-        backbone = create_backbone(str(enc.get("backbone", "mobilenetv3_small_050")), enc.get("pretrained"))
+        backbone = create_backbone(str(enc.get("backbone", "mobilenetv3_small_050")), enc.get("pretrained"), img_size=size)
         dim = feature_dim(backbone, size)
         mil = build_net(aggregator, dim + in_dim, n_classes, {k: v for k, v in params.items() if k != "encoder"})
         return nets["end_to_end"](backbone, mil, size, dim, seed=seed)
