@@ -19,11 +19,29 @@ def mask_file_name(index: int) -> str:
 
 
 def write_mask_set(ctx: RunContext, output: str, rows: list[dict[str, Any]], meta: dict[str, Any]):
-    """Save a MaskSet from ``rows`` (dicts with at least image_id and path) under ``output``."""
+    """Save a MaskSet from ``rows`` (dicts with at least image_id and path) under ``output``.
+
+    A segmenter that counts the images where it found nothing passes ``meta["empty_images"]``;
+    a non-zero count is recorded as a warning (provenance and report), once, by the segmenter's
+    step (a post-processor copying the meta does not repeat it).
+    """
     from hemaflow.plugins.artifacts import MaskSet
 
+    if not meta.get("postprocess"):
+        warn_empty_images(ctx, int(meta.get("empty_images") or 0), len(rows))
     table = pd.DataFrame(rows, columns=list(rows[0].keys()) if rows else ["image_id", "path"])
     return MaskSet(ctx.out_dir(output), table, meta).save()
+
+
+def empty_warning(n_empty: int, n_images: int) -> str:
+    """The warning text for images without any segmented white cell."""
+    return f"{n_empty} of {n_images} images have no white cell (empty mask)"
+
+
+def warn_empty_images(ctx: RunContext, n_empty: int, n_images: int) -> None:
+    """Record "N of M images have no white cell" as a warning (no-op when N is 0)."""
+    if n_empty:
+        ctx.warn(empty_warning(n_empty, n_images))
 
 
 def _skip_or_raise(ctx: RunContext, on_error: str, exc: DataError) -> None:
