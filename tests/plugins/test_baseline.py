@@ -96,3 +96,52 @@ def test_random_forest_and_one_class_training_error(tmp_path, data):
     one = FeatureTable(tmp_path / "one", t, feats.meta).save()
     with pytest.raises(DataError, match="fold 0: the training patients have one class only"):
         make(PooledBaseline).run(make_context(tmp_path / "x"), split=split, features=one)
+
+
+def test_baseline_recipes_run_tiny(tmp_path, registry, monkeypatch):
+    """mil_baseline on the tiny synthetic headline, and mil_cell_export_baseline on a tiny export
+    whose labels CSV has a cohort column (per-cohort metrics in metrics.json)."""
+    import json
+    from pathlib import Path
+
+    from hemaflow.core.cli import main
+    from hemaflow.plugins import io
+
+    monkeypatch.setenv("HEMAFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    recipes = Path(__file__).resolve().parents[2] / "recipes"
+    tiny = ["--set", "steps.data.with.classes=[AML, NORMAL]", "--set", "steps.data.with.patients_per_class=3",
+            "--set", "steps.data.with.images_per_patient=1", "--set", "steps.data.with.image_size=128",
+            "--set", "steps.split.with.k=3", "--executor", "serial"]
+    assert main(["run", str(recipes / "mil_baseline.yaml"), "--out", str(tmp_path / "syn"), *tiny]) == 0
+    m = json.loads((tmp_path / "syn" / "metrics.json").read_text())
+    assert m["mil"]["aggregator"] == "pooled_baseline" and m["patient"]["n"] == 6
+    steps = {s["id"] for s in json.loads((tmp_path / "syn" / "provenance.json").read_text())["steps"]}
+    assert "cellfeats" in steps and not {"encoder", "radiomics"} & steps
+
+    images = make(registry.get("dataset", "synthetic_smears"), classes=["AML", "NORMAL"], patients_per_class=4,
+                  images_per_patient=2, image_size=128, seed=1).run(make_context(tmp_path / "gen"))["images"]
+    root = tmp_path / "export"
+    for _, row in images.table.iterrows():
+        img = images.read_image(row)
+        d = root / row["patient_id"]
+        d.mkdir(parents=True, exist_ok=True)
+        for k, (y, x) in enumerate([(0, 0), (64, 64)]):
+            io.write_png(d / f"{row['image_id']}_{k}.png", img[y:y + 64, x:x + 64])
+    labels = images.table.groupby("patient_id")["label"].first().rename_axis("patient").rename("diagnosis").to_frame()
+    labels["cohort"] = ["A" if i % 2 == 0 else "B" for i in range(len(labels))]
+    labels.to_csv(tmp_path / "labels.csv")
+    args = ["--set", f"steps.data.with.root={root}", "--set", f"steps.data.with.labels={tmp_path / 'labels.csv'}",
+            "--set", "steps.split.with.k=2", "--executor", "serial"]
+    assert main(["run", str(recipes / "mil_cell_export_baseline.yaml"), "--out", str(tmp_path / "exp"), *args]) == 0
+    m = json.loads((tmp_path / "exp" / "metrics.json").read_text())
+    c = m["cohort"]
+    assert c["available"] is True and set(c["per_cohort"]) == {"A", "B"}
+    assert c["per_cohort"]["A"]["n"] + c["per_cohort"]["B"]["n"] == m["patient"]["n"] == 8
+    split = pd.read_csv(tmp_path / "exp" / "split.csv")
+    cohort = labels["cohort"].to_dict()
+    mixing = sum(bool({cohort[q] for q in g.loc[g["partition"] != "test", "patient_id"]}
+                      & {cohort[q] for q in g.loc[g["partition"] == "test", "patient_id"]})
+                 for _, g in split.groupby("fold"))
+    assert c["batch_effect"]["n_patients"] == 8 and c["folds_mixing_cohorts"] == mixing > 0
+    assert c["warning"] is (c["batch_effect"]["auroc"] > 0.8)
+    assert "Cohort shift" in (tmp_path / "exp" / "report.html").read_text()

@@ -179,7 +179,9 @@ class PooledBaseline(Component):
             x = np.concatenate(blocks, axis=1)
             names = pooled_names(cols, stats)
             x_tr = pool_bags(x, bags, train, stats)
-            mean, std = fit_scaler(x_tr)  # the training patients' statistics only
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # a feature missing in every training bag: mean 0
+                mean, std = fit_scaler(x_tr)  # the training patients' statistics only
             y_tr = np.array([classes.index(labels_str[q]) for q in train])
             if len(set(y_tr)) < 2:
                 raise DataError(split.path, f"fold {fold}: the training patients have one class only "
