@@ -230,7 +230,7 @@ class SegmentationEvaluator(Component):
       components of the ground truth, predicted cells the post-processor's instances when the
       MaskSet has them, else connected components; matched one to one at IoU >= ``iou_threshold``
       (as the Data Science Bowl 2018 and cellpose's AP at 0.5).
-    * ``by_label`` / ``by_source`` (or other ``group_by`` columns): the scores per group.
+    * ``by_label`` / ``by_source`` / ``by_site`` (the ``group_by`` columns): the scores per group.
     """
 
     kind = "evaluator"
@@ -256,9 +256,10 @@ class SegmentationEvaluator(Component):
             "iou_threshold": {"type": "number", "minimum": 0.5, "maximum": 1, "default": 0.5,
                               "description": "IoU at which a predicted and a true cell match"},
             "group_by": {"type": "array", "items": {"type": "string"}, "uniqueItems": True,
-                         "default": ["label", "source"],
+                         "default": ["label", "source", "site"],
                          "description": "ImageSet columns to break the scores down by (by_<column> in "
-                                        "metrics.json); a column the images lack is left out"},
+                                        "metrics.json; site: e.g. wbc_crops' tecom / cellavision); a column "
+                                        "the images lack is left out"},
             "n_overlays": {"type": "integer", "minimum": 0, "maximum": 32, "default": 6,
                            "description": "worst images (by the headline score: centre-cell Dice when the centre "
                                           "cell is scored, else Dice) shown with predicted vs true contours"},

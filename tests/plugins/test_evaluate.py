@@ -278,7 +278,7 @@ def test_instance_matching_on_fields_and_postprocessor_instances(tmp_path):
     assert m["ap50"] == pytest.approx((2 / 6 + 1.0) / 2)
     assert m["matched_dice"] == pytest.approx((1 + 96 / 128 + 1 + 200 / 210) / 4)
     assert m["by_source"]["lab2"]["detection_f1"] == 1.0 and m["by_source"]["lab1"]["detection_f1"] == 0.5
-    assert set(m["by_label"]) == {"a", "b"}
+    assert set(m["by_label"]) == {"a", "b"} and "by_site" not in m  # no site column: left out
     # without the instances the blob is one cell: IoU 100/210 < 0.5 for both: no match in f2
     masks.table = masks.table.drop(columns="instances_path")
     m2 = make(SegmentationEvaluator, target="cell", n_overlays=0).run(
