@@ -145,3 +145,10 @@ def test_baseline_recipes_run_tiny(tmp_path, registry, monkeypatch):
     assert c["batch_effect"]["n_patients"] == 8 and c["folds_mixing_cohorts"] == mixing > 0
     assert c["warning"] is (c["batch_effect"]["auroc"] > 0.8)
     assert "Cohort shift" in (tmp_path / "exp" / "report.html").read_text()
+    # external validation by the cohort column: train on A, test on B; no mixing, no warning
+    ext = args + ["--set", "steps.split.uses=column_split", "--set", "steps.split.with=!reset",
+                  "--set", "steps.split.with={column: cohort, mapping: {A: train, B: test}}"]
+    assert main(["run", str(recipes / "mil_cell_export_baseline.yaml"), "--out", str(tmp_path / "ext"), *ext]) == 0
+    m = json.loads((tmp_path / "ext" / "metrics.json").read_text())
+    assert m["patient"]["n"] == 4 and list(m["cohort"]["per_cohort"]) == ["B"]
+    assert m["cohort"]["folds_mixing_cohorts"] == 0 and m["cohort"]["warning"] is False
