@@ -1,5 +1,7 @@
 """Learned segmenters: DeepLabV3 / DeepLabV3+ / U-Net from segmentation-models-pytorch, trained
-on the training partition's masks and selected on the validation partition."""
+on the training partition's masks and selected on the validation partition, or loaded from
+shipped weights by name (``weights: wbc-v1``, files in ``hemaflow/weights/``) or from a local
+``.safetensors`` file written by :func:`save_weights`."""
 
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from hemaflow.core.component import Component, RunContext
-from hemaflow.core.errors import DataError
+from hemaflow.core.errors import DataError, did_you_mean
 from hemaflow.core.markers import hookimpl
 from hemaflow.plugins.segment.common import mask_file_name, report_overlays, write_mask_set
 
@@ -21,8 +23,11 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
 ARCHITECTURES = {"deeplabv3": "DeepLabV3", "deeplabv3plus": "DeepLabV3Plus", "unet": "Unet"}
 
 
-def build_model(architecture: str, encoder: str, n_out: int, encoder_weights: str | None = None):
+def build_model(architecture: str, encoder: str, n_out: int, encoder_weights: str | None = None,
+                **model_kwargs: Any):
     """Build an smp model with random weights; load encoder weights from a local file only.
+
+    ``model_kwargs`` go to the smp class (e.g. ``decoder_channels``, ``encoder_depth``).
 
     Raises:
         DataError: the weights file is missing or matches none of the encoder's parameters.
@@ -31,7 +36,7 @@ def build_model(architecture: str, encoder: str, n_out: int, encoder_weights: st
 
     cls = getattr(smp, ARCHITECTURES[architecture])
     try:
-        model = cls(encoder_name=encoder, encoder_weights=None, classes=n_out)
+        model = cls(encoder_name=encoder, encoder_weights=None, classes=n_out, **model_kwargs)
     except (KeyError, ValueError, RuntimeError) as exc:
         raise DataError(encoder, f"segmentation-models-pytorch cannot build encoder {encoder!r} "
                         f"({exc}); use e.g. resnet18, resnet50, efficientnet-b0, mobilenet_v2 or "
@@ -219,6 +224,144 @@ def _tiled(model: Any, x: Any, tile: int, multiple: int, device: str):
     return acc / cnt
 
 
+# -- shipped weights and the input-scale rule ---------------------------------------------------
+WEIGHTS_DIR = Path(__file__).resolve().parents[2] / "weights"
+"""Package folder of the shipped segmenter weights: ``<name>.safetensors`` + ``<name>.md`` (card)."""
+
+
+def shipped_weights() -> dict[str, Path]:
+    """Shipped weights by name (the file stem), e.g. ``{"wbc-v1": .../hemaflow/weights/wbc-v1.safetensors}``."""
+    return {p.stem: p for p in sorted(WEIGHTS_DIR.glob("*.safetensors"))}
+
+
+def resolve_weights(weights: str) -> Path:
+    """The file of a shipped weights name or of a local ``.safetensors`` path.
+
+    Raises:
+        DataError: an unknown name (the message lists the shipped names) or a missing file.
+    """
+    shipped = shipped_weights()
+    if weights in shipped:
+        return shipped[weights]
+    p = Path(weights).expanduser()
+    if p.suffix == ".safetensors" or "/" in weights or "\\" in weights:
+        if not p.is_file():
+            raise DataError(p, "weights file not found (a local path must be an existing .safetensors file "
+                            f"written by hemaflow; shipped names: {', '.join(shipped) or 'none'})")
+        return p
+    raise DataError(weights, f"unknown segmenter weights name{did_you_mean(weights, shipped)}; shipped "
+                    f"weights: {', '.join(shipped) or 'none'} (or give a local .safetensors path)")
+
+
+def read_weights_meta(path: Path | str) -> dict[str, Any]:
+    """The ``hemaflow`` metadata (architecture, encoder, target, scale rule...) of a weights file."""
+    import json
+
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            md = f.metadata() or {}
+    except Exception as exc:  # noqa: BLE001 - an unreadable file is a data problem
+        raise DataError(path, f"cannot read safetensors weights ({type(exc).__name__}: {exc})") from None
+    if "hemaflow" not in md:
+        raise DataError(path, "not a hemaflow segmenter weights file (its safetensors metadata has no "
+                        "'hemaflow' entry); a file from a training run is <step>/model/model.safetensors "
+                        "and is given as a model input instead")
+    meta = json.loads(md["hemaflow"])
+    for key in ("architecture", "encoder", "target"):
+        if key not in meta:
+            raise DataError(path, f"segmenter weights metadata has no {key!r}")
+    return meta
+
+
+def save_weights(net: Any, path: Path | str, meta: dict[str, Any], *, half: bool = True) -> Path:
+    """Write ``net``'s state dict (floating tensors as fp16 when ``half``) with ``meta`` as metadata."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    state = {}
+    for k, v in net.state_dict().items():
+        v = v.detach().cpu()
+        state[k] = (v.half() if half and v.is_floating_point() else v).contiguous()
+    save_file(state, str(path), metadata={"hemaflow": json.dumps(meta, sort_keys=True)})
+    del torch
+    return Path(path)
+
+
+def load_weights(weights: str, device: str = "cpu") -> tuple[Any, dict[str, Any]]:
+    """Build the network of shipped weights (by name) or of a local .safetensors file.
+
+    Returns:
+        (model in eval mode, float32, on ``device``; its metadata dict).
+
+    Example::
+
+        net, meta = load_weights("wbc-v1")
+        mask = predict_with_meta(net, rgb_uint8, meta)   # uint8 0/1/2
+    """
+    from safetensors.torch import load_file
+
+    path = resolve_weights(weights)
+    meta = read_weights_meta(path)
+    net = build_model(meta["architecture"], meta["encoder"], 1 if meta["target"] == "cell" else 3,
+                      **meta.get("model_kwargs", {}))
+    state = {k: (v.float() if v.is_floating_point() else v) for k, v in load_file(str(path)).items()}
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        raise DataError(path, f"weights do not fit {meta['architecture']}-{meta['encoder']} "
+                        f"({str(exc).splitlines()[0]})") from None
+    net.eval()
+    return net.to(device), dict(meta, weights=str(weights))
+
+
+def largest_cell_diameter(mask: np.ndarray) -> float | None:
+    """Equivalent diameter (px) of the largest connected white cell of a 0/1/2 mask, None if none."""
+    from scipy import ndimage
+
+    lab, n = ndimage.label(mask > 0)
+    if n == 0:
+        return None
+    area = float(np.bincount(lab.ravel())[1:].max())
+    return float(np.sqrt(4 * area / np.pi))
+
+
+def predict_cell_size(model: Any, img: np.ndarray, *, mode: str, cell_diameter: float,
+                      first_short_side: int, tolerance: float = 1.25, min_scale: float = 0.05,
+                      max_scale: float = 8.0, device: str = "cpu", tile: int = 1024) -> np.ndarray:
+    """Segment at the scale where the white cell is ``cell_diameter`` px wide (the training size).
+
+    One rule for every image, field or single-cell crop: a first pass with the short side resized
+    to ``first_short_side`` px finds the largest white cell; when its size at that scale is off
+    by more than ``tolerance`` (a factor), a second pass runs at ``cell_diameter / diameter``.
+    No pixel size or source-specific setting is needed.
+    """
+    s1 = float(np.clip(first_short_side / min(img.shape[:2]), min_scale, max_scale))
+    m1 = predict_mask(model, img, mode=mode, scale=s1, device=device, tile=tile)
+    d = largest_cell_diameter(m1)
+    if d is None or d * s1 < 8:  # nothing cell-sized at the first scale
+        return m1
+    # at most 3x away from the first scale: a wrong first pass cannot blow the input up
+    s2 = float(np.clip(cell_diameter / d, max(min_scale, s1 / 3), min(max_scale, s1 * 3)))
+    if max(s2 / s1, s1 / s2) <= tolerance:
+        return m1
+    return predict_mask(model, img, mode=mode, scale=s2, device=device, tile=tile)
+
+
+def predict_with_meta(model: Any, img: np.ndarray, meta: dict[str, Any], *, device: str = "cpu",
+                      tile: int = 1024) -> np.ndarray:
+    """Segment one RGB uint8 image with the input-scale rule stored in the weights' metadata."""
+    if meta.get("scale_rule") == "cell_size":
+        return predict_cell_size(model, img, mode=meta["target"], cell_diameter=meta["cell_diameter"],
+                                 first_short_side=meta["first_short_side"],
+                                 tolerance=meta.get("scale_tolerance", 1.25), device=device, tile=tile)
+    return predict_mask(model, img, mode=meta["target"], scale=float(meta.get("input_scale", 1.0)),
+                        device=device, tile=tile)
+
+
 def dice_score(pred: np.ndarray, truth: np.ndarray) -> float:
     """Dice of two boolean masks (1.0 when both are empty)."""
     p, t = pred.astype(bool), truth.astype(bool)
@@ -306,11 +449,28 @@ class DeepLabSegmenter(Component):
                           "description": "images larger than this (after scaling) are segmented in tiles"},
             "threads": {"type": ["integer", "null"], "minimum": 1, "default": None,
                         "description": "torch CPU threads (null: torch default)"},
+            # no schema default on purpose: a recipe without `weights` keeps its old cache key
+            "weights": {"type": ["string", "null"], "minLength": 1,
+                        "description": "default null (train). A shipped model name (e.g. wbc-v1, see "
+                                       "hemaflow/weights/*.md) or a local .safetensors file from "
+                                       "save_weights: inference only, architecture, encoder and input "
+                                       "scale come from the file; the training parameters are ignored"},
         },
         "additionalProperties": False,
     }
     inputs = {"images": "ImageSet", "split": "Split?", "model": "Model?"}
     outputs = {"masks": "MaskSet", "model": "Model"}
+
+    def check_params(self) -> list[tuple[str, str]]:
+        """An unknown shipped name or a missing weights file, before anything runs."""
+        w = self.params.get("weights")
+        if not w:
+            return []
+        try:
+            resolve_weights(w)
+        except DataError as exc:
+            return [("/weights", str(exc))]
+        return []
 
     def run(self, ctx: RunContext, images: Any, split: Any = None, model: Any = None) -> dict[str, Any]:
         import torch
@@ -322,7 +482,14 @@ class DeepLabSegmenter(Component):
         mode = p["target"]
         n_out = 1 if mode == "cell" else 3
         out_model = ctx.out_dir("model")
-        if model is not None:
+        if p.get("weights"):
+            if model is not None:
+                raise DataError(model.path, "give either `weights` or a model input, not both")
+            net, info = load_weights(p["weights"], ctx.device)
+            mode = info["target"]
+            ctx.log(f"loaded {p['weights']} ({info['architecture']}-{info['encoder']}, "
+                    f"scale rule {info.get('scale_rule', 'fixed')}); no training")
+        elif model is not None:
             net, info = self._load(model)
             mode = info["target"]
         else:
@@ -344,7 +511,7 @@ class DeepLabSegmenter(Component):
         model_art = Model(out_model, {k: v for k, v in info.items() if k != "history"}).save()
         if info.get("history"):
             pd.DataFrame(info["history"]).to_csv(out_model / "history.csv", index=False)
-        masks = self._infer(ctx, net, images, mode, info["input_scale"])
+        masks = self._infer(ctx, net, images, info)
         report_overlays(ctx, images, masks, f"{info['architecture']} ({info['encoder']}) masks "
                         "(green cell, blue nucleus, yellow truth)")
         return {"masks": masks, "model": model_art}
@@ -356,7 +523,8 @@ class DeepLabSegmenter(Component):
         for key in ("architecture", "encoder", "target", "input_scale"):
             if key not in meta:
                 raise DataError(model.path, f"not a deeplabv3 segmenter model (meta has no {key!r})")
-        net = build_model(meta["architecture"], meta["encoder"], 1 if meta["target"] == "cell" else 3)
+        net = build_model(meta["architecture"], meta["encoder"], 1 if meta["target"] == "cell" else 3,
+                          **meta.get("model_kwargs", {}))
         f = model.path / "model.safetensors"
         if not f.exists():
             raise DataError(f, "model checkpoint not found")
@@ -438,7 +606,7 @@ class DeepLabSegmenter(Component):
                 "val_dice": best[0] if val else None, "n_train": len(train), "n_val": len(val),
                 "history": history}
 
-    def _infer(self, ctx: RunContext, net: Any, images: Any, mode: str, scale: float) -> Any:
+    def _infer(self, ctx: RunContext, net: Any, images: Any, info: dict[str, Any]) -> Any:
         from hemaflow.plugins import io
 
         out = ctx.out_dir("masks")
@@ -447,7 +615,7 @@ class DeepLabSegmenter(Component):
         table = images.table.reset_index(drop=True)
         for i, row in ctx.progress(list(table.iterrows()), description="deeplabv3 inference"):
             img = images.read_image(row)
-            mask = predict_mask(net, img, mode=mode, scale=scale, device=ctx.device, tile=self.params["tile_size"])
+            mask = predict_with_meta(net, img, info, device=ctx.device, tile=self.params["tile_size"])
             io.write_png(out / mask_file_name(i), mask)
             rows.append({"image_id": str(row["image_id"]), "path": mask_file_name(i)})
         return write_mask_set(ctx, "masks", rows, {"source": self.name})
