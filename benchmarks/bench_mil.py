@@ -128,7 +128,7 @@ def _summary(m: dict) -> str:
 
 
 ABLATIONS = ["mil_mean.yaml", "mil_max.yaml", "mil_transformer.yaml", "mil_majority_vote.yaml",
-             "mil_image_only.yaml", "mil_radiomics_only.yaml"]
+             "mil_image_only.yaml", "mil_radiomics_only.yaml", "mil_baseline.yaml"]  # last: the classical baseline
 
 
 IMPORTS = "import torch, torch._dynamo, sklearn.metrics, pandas, matplotlib.pyplot"  # torch.optim's step imports _dynamo
@@ -192,7 +192,7 @@ def hemaflow_sweep(recipes: list[str], out: Path, cache: Path, *sets: str) -> di
     return res
 
 
-MINORITY_RECIPES = ["mil_multimodal.yaml", "mil_mean.yaml", "mil_max.yaml"]
+MINORITY_RECIPES = ["mil_multimodal.yaml", "mil_mean.yaml", "mil_max.yaml", "mil_baseline.yaml"]
 MINORITY_EXTRA = {"attention_mil": ["steps.mil.uses=attention_mil"],
                   "gated per_class": ["steps.mil.with.branches=per_class"]}
 

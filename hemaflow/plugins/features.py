@@ -453,8 +453,9 @@ class EmbeddingFeatures(Component):
             "model": {"type": "string", "minLength": 1, "default": "resnet18",
                       "description": "timm architecture name (timm.list_models())"},
             "checkpoint": {"type": ["string", "null"], "default": None,
-                           "description": "local weights: a hemaflow .safetensors checkpoint (or Model directory) "
-                                          "or a .pth/.pt/.bin state dict; null: random init with a fixed seed"},
+                           "description": "local weights: a hemaflow .safetensors checkpoint (or Model directory), "
+                                          "a .pth/.pt/.bin state dict, plain DINOv2 or a DinoBloom checkpoint "
+                                          "({teacher: backbone.*}); null: random init with a fixed seed"},
             "input_size": {"type": ["integer", "null"], "minimum": 8, "default": None,
                            "description": "side (px) crops are resized to; null keeps the crop size"},
             "normalization": {"enum": ["imagenet", "model", "none"], "default": "imagenet",

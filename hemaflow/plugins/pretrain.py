@@ -9,7 +9,8 @@ backbone can be pre-trained *inside each training fold only*:
   epoch with the lowest loss on the fold's validation patients' cells is kept.
 * ``pretrain: simclr`` — self-supervised SimCLR-style contrastive learning (NT-Xent loss on two
   augmented views of each crop) on the fold's training (and validation) cells; labels unused.
-* ``pretrain: none`` — the backbone as built (random init, or ``pretrained``: a local file).
+* ``pretrain: none`` — the backbone as built (random init, or ``pretrained``: a local file, e.g.
+  DinoBloom or DINOv2 weights: a frozen foundation-model encoder, cached by the file's content).
 
 Test patients' cells are never seen during pre-training of the fold that predicts them, so the
 embeddings are per fold: the output FeatureTable has a ``fold`` column (``-1`` for ``none``,
@@ -259,8 +260,11 @@ class InstanceEncoder(Component):
                          "description": "timm model name (built without classifier; e.g. resnet10t, resnet18, "
                                         "convnext_atto, test_resnet for tests)"},
             "pretrained": {"type": ["string", "null"], "default": None,
-                           "description": "local weights file (.safetensors/.pth) loaded before pre-training; "
-                                          "null: random init. Nothing is ever downloaded"},
+                           "description": "local weights file loaded before pre-training: hemaflow/timm .safetensors or "
+                                          ".pth state dict, plain DINOv2, or a DinoBloom checkpoint ({teacher: "
+                                          "backbone.*}; backbone vit_small_patch14_dinov2 etc., image_size 224, "
+                                          "pretrain: none for a frozen encoder). null: random init. Nothing is "
+                                          "ever downloaded"},
             "pretrain": {"enum": ["none", "weak", "simclr"], "default": "weak",
                          "description": "pre-training inside each training fold: none, weak (cells inherit the "
                                         "patient label) or simclr (contrastive, labels unused)"},
