@@ -142,7 +142,7 @@ class PooledBaseline(Component):
             features = features if "features" in p["modalities"] else None
         inst = build_instances(embeddings=embeddings, features=features, cells=cells)
         table, classes = inst.table, inst.classes
-        source = (embeddings or features).path
+        source = (embeddings if embeddings is not None else features).path
         labels_str = patient_labels(table, source)
         unknown = sorted({v for v in labels_str.values() if v not in classes})
         if unknown:
