@@ -14,7 +14,9 @@ fold's ``val`` patients and predicts the fold's ``test`` patients with all their
 
 Aggregators (``uses:``): ``mean_mil``, ``max_mil``, ``attention_mil`` (Ilse et al. 2018),
 ``gated_attention_mil`` (Ilse et al. 2018, gated), ``transformer_mil`` (TransMIL-style, small)
-and ``majority_vote_mil`` (the original code's sub-bags with a majority vote).
+and ``majority_vote_mil`` (the original code's sub-bags with a majority vote). Beside them, with
+the same inputs and outputs, the classical baseline ``pooled_baseline`` (:mod:`.baseline`: per-patient
+statistics of the instance features, a scikit-learn model per fold).
 
 Outputs: ``predictions`` (Predictions, level ``patient``), ``model`` (Model: one safetensors
 file per fold plus the fold's scaler), ``attention`` (Table: one row per test instance with its
