@@ -1,5 +1,7 @@
-"""Segmenters without training: ``classical`` (nucleus channel, Otsu with a floor, morphology,
-convex hull grown into the cytoplasm) and ``ground_truth`` (the data set's own masks)."""
+"""Segmenters without training: ``classical`` (default ``algorithm: adaptive``, thresholds and
+colour models fitted to each image, see :mod:`.adaptive`; ``algorithm: threshold`` is the older
+nucleus-channel Otsu with a floor and a grown convex hull) and ``ground_truth`` (the data set's
+own masks)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import numpy as np
 from hemaflow.core.component import Component, RunContext
 from hemaflow.core.errors import DataError
 from hemaflow.core.markers import hookimpl
+from hemaflow.plugins.segment.adaptive import ADAPTIVE_DEFAULTS, adaptive_mask
 from hemaflow.plugins.segment.common import _skip_or_raise, mask_file_name, report_overlays, write_mask_set
 
 #: Default lower bound of the threshold per channel (channel values as computed by
@@ -119,7 +122,8 @@ def _classical_one(item: tuple[str, str, str, dict[str, Any]]) -> dict[str, Any]
         img = io.read_image(src)
     except DataError as exc:
         return {"image_id": image_id, "error": exc.problem, "file": exc.path}
-    mask = classical_mask(img, **params)
+    params = dict(params)
+    mask = adaptive_mask(img, **params) if params.pop("algorithm") == "adaptive" else classical_mask(img, **params)
     io.write_png(dst, mask)
     return {"image_id": image_id, "height": img.shape[0], "width": img.shape[1],
             "cell_fraction": float((mask > 0).mean())}
@@ -129,35 +133,68 @@ ON_ERROR = {"enum": ["skip", "stop"], "default": "stop",
             "description": "an unreadable image stops the step (stop) or is left out and recorded (skip)"}
 
 
-class ClassicalSegmenter(Component):
-    """Threshold a nucleus stain channel (Otsu), clean with morphology, grow the cytoplasm.
+THRESHOLD_ONLY = ("channel", "method", "min_threshold", "opening_radius", "closing_radius", "cytoplasm_ratio")
 
-    Needs no training: the zero-setup default and the baseline for learned segmenters.
+
+def _num(lo: float, hi: float, default: float, description: str) -> dict[str, Any]:
+    return {"type": "number", "minimum": lo, "maximum": hi, "default": default, "description": description}
+
+
+class ClassicalSegmenter(Component):
+    """White cells without training: nucleus and cytoplasm from each image's own colours.
+
+    ``algorithm: adaptive`` (default, :mod:`.adaptive`): multi-Otsu nucleus on Lab a*-b*, lobes
+    grouped into one cell, cytoplasm from a colour model of the ring around the nucleus against
+    the surroundings; ``single_cell: true`` keeps the cell nearest the centre (crops of one cell).
+    ``algorithm: threshold``: the older nucleus channel + Otsu with a floor, convex hull grown by
+    ``cytoplasm_ratio`` (its parameters are ignored by ``adaptive``).
+    The zero-setup default and the baseline for learned segmenters.
     """
 
     kind = "segmenter"
     name = "classical"
-    version = "2"
+    version = "3"
     schema = {
         "type": "object",
         "properties": {
-            "channel": {"enum": ["blue_red", "hematoxylin", "saturation"], "default": "blue_red",
-                        "description": "nucleus channel: (B-R)/255 (robust to red cells), hematoxylin "
-                                       "from colour deconvolution, or HSV saturation"},
-            "method": {"enum": ["otsu", "li", "triangle"], "default": "otsu",
-                       "description": "automatic threshold on the nucleus channel"},
-            "min_threshold": {"type": ["number", "null"], "minimum": 0, "default": None,
-                              "description": "lower bound of the threshold (null: per-channel default "
-                                             "blue_red 0.08, hematoxylin 0.035, saturation 0.2)"},
-            "opening_radius": {"type": "integer", "minimum": 0, "maximum": 50, "default": 2,
-                               "description": "disk radius (px) of the opening that removes specks"},
-            "closing_radius": {"type": "integer", "minimum": 0, "maximum": 50, "default": 5,
-                               "description": "disk radius (px) of the closing that joins nucleus lobes"},
+            "algorithm": {"enum": ["adaptive", "threshold"], "default": "adaptive",
+                          "description": "adaptive: thresholds and colour models fitted per image (no colour "
+                                         "floor); threshold: nucleus channel + Otsu with a floor, hull grown "
+                                         "by cytoplasm_ratio (before version 3)"},
+            "single_cell": {"type": "boolean", "default": False,
+                            "description": "adaptive: return only the cell under or nearest the image centre "
+                                           "(single-cell crops, e.g. CellaVision exports)"},
             "min_nucleus_area": {"type": ["integer", "null"], "minimum": 0, "default": None,
                                  "description": "nuclei smaller than this (px) are dropped (platelets, debris); "
                                                 "null: 0.1% of the image area (307 px at 640x480, 66 px at 256x256)"},
+            "min_contrast": _num(0, 200, ADAPTIVE_DEFAULTS["min_contrast"],
+                                 "adaptive: a nucleus's median Lab b* must lie this far below the image's median "
+                                 "b* (bluer than the image's own background; not an absolute colour)"),
+            "lobe_gap": _num(0, 3, ADAPTIVE_DEFAULTS["lobe_gap"],
+                             "adaptive: nucleus pieces closer than this x the nucleus radius are one cell"),
+            "ring": _num(0, 2, ADAPTIVE_DEFAULTS["ring"],
+                         "adaptive: width (x nucleus radius) of the ring that samples the cytoplasm colour"),
+            "background_distance": _num(1, 20, ADAPTIVE_DEFAULTS["background_distance"],
+                                        "adaptive: pixels further than this x nucleus radius sample the "
+                                        "surroundings (background, red cells)"),
+            "window": _num(1, 20, ADAPTIVE_DEFAULTS["window"],
+                           "adaptive: the cell lies within this x nucleus radius of its nucleus"),
+            "opening": _num(0, 2, ADAPTIVE_DEFAULTS["opening"],
+                            "adaptive: opening radius (x nucleus radius) that cuts thin bridges to red cells"),
+            "channel": {"enum": ["blue_red", "hematoxylin", "saturation"], "default": "blue_red",
+                        "description": "threshold: nucleus channel: (B-R)/255 (robust to red cells), "
+                                       "hematoxylin from colour deconvolution, or HSV saturation"},
+            "method": {"enum": ["otsu", "li", "triangle"], "default": "otsu",
+                       "description": "threshold: automatic threshold on the nucleus channel"},
+            "min_threshold": {"type": ["number", "null"], "minimum": 0, "default": None,
+                              "description": "threshold: lower bound of the threshold (null: per-channel "
+                                             "default blue_red 0.08, hematoxylin 0.035, saturation 0.2)"},
+            "opening_radius": {"type": "integer", "minimum": 0, "maximum": 50, "default": 2,
+                               "description": "threshold: disk radius (px) of the opening that removes specks"},
+            "closing_radius": {"type": "integer", "minimum": 0, "maximum": 50, "default": 5,
+                               "description": "threshold: disk radius (px) of the closing that joins lobes"},
             "cytoplasm_ratio": {"type": "number", "minimum": 0, "maximum": 3, "default": 0.05,
-                                "description": "cell = convex hull of the nucleus grown by this "
+                                "description": "threshold: cell = convex hull of the nucleus grown by this "
                                                "x sqrt(nucleus area) px"},
             "on_error": ON_ERROR,
         },
@@ -167,9 +204,13 @@ class ClassicalSegmenter(Component):
     outputs = {"masks": "MaskSet"}
 
     def seg_params(self) -> dict[str, Any]:
-        keys = ("channel", "method", "min_threshold", "opening_radius", "closing_radius",
-                "min_nucleus_area", "cytoplasm_ratio")
-        return {k: self.params[k] for k in keys}
+        """Keyword arguments of :func:`adaptive_mask` or :func:`classical_mask`, plus ``algorithm``."""
+        p = self.params
+        if p["algorithm"] == "adaptive":
+            keys = ("single_cell", "min_nucleus_area", *ADAPTIVE_DEFAULTS)
+        else:
+            keys = ("min_nucleus_area", *THRESHOLD_ONLY)
+        return {"algorithm": p["algorithm"], **{k: p[k] for k in keys}}
 
     def run(self, ctx: RunContext, images: Any) -> dict[str, Any]:
         out = ctx.out_dir("masks")
@@ -186,8 +227,6 @@ class ClassicalSegmenter(Component):
                 continue
             rows.append({"image_id": image_id, "path": str(Path(dst).relative_to(out))})
         empty = sum(1 for r in results if r.get("cell_fraction") == 0.0)
-        if empty:
-            ctx.log(f"{empty} of {len(results)} images have no white cell")
         masks = write_mask_set(ctx, "masks", rows, {"source": self.name, "empty_images": empty})
         report_overlays(ctx, images, masks, "Classical segmentation (green cell, blue nucleus, yellow truth)")
         return {"masks": masks}
