@@ -14,6 +14,7 @@ DEFAULT_PLUGINS = [
     "hemaflow.plugins.postprocess",
     "hemaflow.plugins.cells",
     "hemaflow.plugins.instances",
+    "hemaflow.plugins.single_cells",
     "hemaflow.plugins.features",
     "hemaflow.plugins.handcrafted",
     "hemaflow.plugins.pretrain",
