@@ -124,8 +124,8 @@ def select_centre_cell(mask: np.ndarray, *, central_radius: float = 0.15,
         return None, R_NO_CELL, "the mask is empty"
     yy, xx = np.ogrid[:h, :w]
     d = np.sqrt((yy - (h - 1) / 2) ** 2 + (xx - (w - 1) / 2) ** 2)
-    idx = np.arange(1, n + 1)
-    near = np.asarray(ndi.minimum(d, lab, idx), float)
+    # per component over its bounding box (ndi.minimum sorts the whole image: 10x slower)
+    near = np.array([float(d[sl][lab[sl] == k + 1].min()) for k, sl in enumerate(ndi.find_objects(lab))])
     areas = np.bincount(lab.ravel(), minlength=n + 1)[1:]
     claim = near <= central_radius * min(h, w)
     if claim.sum() >= 2:

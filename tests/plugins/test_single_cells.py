@@ -13,7 +13,7 @@ from hemaflow.plugins.artifacts import CellSet, ImageSet, MaskSet
 from hemaflow.plugins.instances import CELL_COLUMNS
 from hemaflow.testing import check_component, make, make_context
 
-from .seg_fixtures import BG, dice, disc, field
+from tests.plugins.seg_fixtures import BG, dice, disc, field
 
 
 def test_conformance(registry):
