@@ -120,18 +120,21 @@ def test_baseline_recipes_run_tiny(tmp_path, registry, monkeypatch):
 
     images = make(registry.get("dataset", "synthetic_smears"), classes=["AML", "NORMAL"], patients_per_class=4,
                   images_per_patient=2, image_size=128, seed=1).run(make_context(tmp_path / "gen"))["images"]
+    from tests.plugins.seg_fixtures import field
+
     root = tmp_path / "export"
-    for _, row in images.table.iterrows():
-        img = images.read_image(row)
+    for i, (_, row) in enumerate(images.table.iterrows()):
         d = root / row["patient_id"]
         d.mkdir(parents=True, exist_ok=True)
-        for k, (y, x) in enumerate([(0, 0), (64, 64)]):
-            io.write_png(d / f"{row['image_id']}_{k}.png", img[y:y + 64, x:x + 64])
+        for k in range(2):  # single-cell crops: a centre white cell and a red cell
+            r = 16 if row["label"] == "AML" else 12
+            crop, _ = field(size=(64, 64), wbcs=((32, 32, r),), rbcs=((8, 56, 6),), seed=2 * i + k)
+            io.write_png(d / f"{row['image_id']}_{k}.png", crop)
     labels = images.table.groupby("patient_id")["label"].first().rename_axis("patient").rename("diagnosis").to_frame()
     labels["cohort"] = ["A" if i % 2 == 0 else "B" for i in range(len(labels))]
     labels.to_csv(tmp_path / "labels.csv")
     args = ["--set", f"steps.data.with.root={root}", "--set", f"steps.data.with.labels={tmp_path / 'labels.csv'}",
-            "--set", "steps.split.with.k=2", "--executor", "serial"]
+            "--set", "steps.split.with.k=2", "--set", "steps.cells.with.crop_size=48", "--executor", "serial"]
     assert main(["run", str(recipes / "mil_cell_export_baseline.yaml"), "--out", str(tmp_path / "exp"), *args]) == 0
     m = json.loads((tmp_path / "exp" / "metrics.json").read_text())
     c = m["cohort"]

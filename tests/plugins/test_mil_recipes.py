@@ -62,19 +62,22 @@ def test_cell_export_layout(tmp_path, registry):
 
     images = make(registry.get("dataset", "synthetic_smears"), classes=["AML", "NORMAL"], patients_per_class=3,
                   images_per_patient=2, image_size=128, seed=1).run(make_context(tmp_path / "gen"))["images"]
+    from tests.plugins.seg_fixtures import field
+
     root = tmp_path / "export"
-    for _, row in images.table.iterrows():
-        img = images.read_image(row)
+    for i, (_, row) in enumerate(images.table.iterrows()):
         d = root / row["patient_id"] / "run1"
         d.mkdir(parents=True, exist_ok=True)
-        for k, (y, x) in enumerate([(0, 0), (64, 64)]):  # two "cells" per field
-            io.write_png(d / f"{row['image_id']}_{k}.png", img[y:y + 64, x:x + 64])
+        for k in range(2):  # two single-cell crops per "field": a centre cell and a red cell
+            r = 16 if row["label"] == "AML" else 12
+            crop, _ = field(size=(64, 64), wbcs=((32, 32, r),), rbcs=((8, 56, 6),), seed=2 * i + k)
+            io.write_png(d / f"{row['image_id']}_{k}.png", crop)
     labels = images.table.groupby("patient_id")["label"].first().rename_axis("patient").rename("diagnosis")
     labels.to_csv(tmp_path / "labels.csv")
     args = ["--set", f"steps.data.with.root={root}", "--set", f"steps.data.with.labels={tmp_path / 'labels.csv'}",
             "--set", "steps.split.with.k=3", "--set", "steps.encoder.with.backbone=test_convnext",
             "--set", "steps.encoder.with.image_size=32", "--set", "steps.encoder.with.epochs=1",
-            "--set", "steps.mil.with.epochs=2", "--executor", "serial"]
+            "--set", "steps.mil.with.epochs=2", "--set", "steps.cells.with.crop_size=48", "--executor", "serial"]
     assert main(["run", str(RECIPES / "mil_cell_export.yaml"), "--out", str(tmp_path / "run"), *args]) == 0
     pred = pd.read_csv(tmp_path / "run" / "predictions.csv")
     assert sorted(pred["id"]) == sorted(labels.index)
