@@ -10,7 +10,8 @@ reason. Output: a :class:`~hemaflow.plugins.artifacts.CellSet` like ``whole_imag
 Per image (one worker call: read, segment, crop):
 
 1. **Mask**: the ``masks`` input when a segmenter step ran (``classical`` with ``single_cell:
-   true``, ``deeplabv3`` ...), else :func:`~hemaflow.plugins.segment.adaptive.adaptive_mask` of all
+   true``, ``deeplabv3`` ...), else the data set's own masks with ``dataset_masks: true`` (ground
+   truth, where an image has a ``mask_path``), else :func:`~hemaflow.plugins.segment.adaptive.adaptive_mask` of all
    cells, computed on a copy downscaled to at most ``segment_size`` px a side (the segmenter's
    morphology costs grow with the image; the mask is scaled back with nearest neighbour).
 2. **Centre cell**: the connected cell component (mask > 0) nearest the image centre (distance
@@ -190,14 +191,14 @@ def single_cell_item(item: tuple) -> dict[str, Any]:
     """Worker for ``ctx.map``: read, segment (unless a mask is given), select and crop one image."""
     from hemaflow.plugins import io
 
-    path, mask_path, scale, p = item
+    path, mask_path, mask_spec, scale, p = item
     try:
         img = io.read_image(path)
     except DataError as exc:
         return {"reason": R_UNREADABLE, "detail": exc.problem}
     if mask_path:
         try:
-            mask = io.read_mask(mask_path, {"mode": "canonical"})
+            mask = io.read_mask(mask_path, mask_spec)
         except DataError as exc:
             return {"reason": R_UNREADABLE, "detail": f"mask {mask_path}: {exc.problem}"}
         if mask.shape != img.shape[:2]:
@@ -272,6 +273,9 @@ class SingleCells(Component):
                                               "under its inverse"},
             "max_aspect": {"type": "number", "minimum": 1, "default": 1.5,
                            "description": "reject images whose aspect ratio is over this times the set's median"},
+            "dataset_masks": {"type": "boolean", "default": False,
+                              "description": "without `masks`: use the data set's own masks (`mask_path`, e.g. "
+                                             "ground truth) where an image has one, instead of segmenting"},
             "on_error": {"enum": ["skip", "stop"], "default": "skip",
                          "description": "an unreadable image or mask: skip it (recorded) or stop"},
         },
@@ -328,14 +332,16 @@ class SingleCells(Component):
             if outliers[i] is not None:
                 reject(r, *outliers[i])
                 continue
-            mpath = None
+            mpath, spec = None, None
             if masks is not None:
                 iid = str(r["image_id"])
                 if iid not in masks._index():
                     reject(r, R_NO_CELL, "the masks input has no mask for this image")
                     continue
-                mpath = str(masks.resolve(masks.row(iid)["path"]))
-            todo.append((i, (str(images.image_path(r)), mpath, scales[i], wp)))
+                mpath, spec = str(masks.resolve(masks.row(iid)["path"])), {"mode": "canonical"}
+            elif p["dataset_masks"] and isinstance(r.get("mask_path"), str) and r["mask_path"]:
+                mpath, spec = str(images.resolve(r["mask_path"])), images.meta.get("mask_spec")
+            todo.append((i, (str(images.image_path(r)), mpath, spec, scales[i], wp)))
         rows, parts = self._crop_all(ctx, t, todo, reject)
         cells = self._save(ctx, images, rows, parts, rejected, scales)
         self._report(ctx, cells, rejected)

@@ -144,6 +144,11 @@ def test_masks_input_used(tmp_path):
     assert "no mask for this image" in rej["detail"].iloc[0]
     blank, _ = _run(tmp_path / "nomask", images, crop_size=48)
     assert len(blank.table) == 0 and blank.meta["rejected"] == {"no cell found": 2}
+    # the data set's own masks, with dataset_masks: true
+    images.table["mask_path"] = [str(mroot / "c0.png"), None]
+    images.meta["mask_spec"] = {"mode": "canonical"}
+    own, _ = _run(tmp_path / "own", images.save(), crop_size=48, dataset_masks=True)
+    assert list(own.table["image_id"]) == ["c0"] and np.array_equal(np.asarray(own.crop_masks[0]), m)
 
 
 def test_real_cellavision_crops_and_a_field(tmp_path, shared_data):
