@@ -41,7 +41,9 @@ warning per reason; a report table):
 
 * ``size far from the set's median``: a side > ``max_size_ratio`` x the median side of the set, or
   < 1 / ``max_size_ratio`` x (an overview frame of ~2900 px among 360 px crops); read from the
-  file headers before any pixel is decoded.
+  file headers before any pixel is decoded. A set that mixes sources of different crop sizes
+  (120 px and 300 px crops) needs ``size_group_column`` (e.g. ``cohort``): the median is then
+  taken per group, else the minority source may be rejected whole.
 * ``aspect far from the set's median``: (long side / short side) / the median aspect >
   ``max_aspect``.
 * ``no cell found``: the mask is empty (or the ``masks`` input has no mask for the image).
@@ -273,6 +275,10 @@ class SingleCells(Component):
                                               "under its inverse"},
             "max_aspect": {"type": "number", "minimum": 1, "default": 1.5,
                            "description": "reject images whose aspect ratio is over this times the set's median"},
+            "size_group_column": {"type": ["string", "null"], "default": None,
+                                  "description": "compare sizes within the groups of this ImageSet column (e.g. "
+                                                 "`cohort`, `site`: sources of different crop sizes) instead of "
+                                                 "the whole set"},
             "dataset_masks": {"type": "boolean", "default": False,
                               "description": "without `masks`: use the data set's own masks (`mask_path`, e.g. "
                                              "ground truth) where an image has one, instead of segmenting"},
@@ -293,7 +299,7 @@ class SingleCells(Component):
             src = float(v) if v is not None and not (isinstance(v, float) and math.isnan(v)) else p["um_per_px"]
             if target is None or src is None:
                 if target is not None:
-                    raise DataError(str(table.iloc[i]["image_id"]),
+                    raise DataError(str(table.iloc[i]["path"]),
                                     "target_um_per_px is set but the source pixel size is unknown: set `um_per_px` "
                                     "or give the ImageSet a column `um_per_px`")
                 out.append(1.0)
@@ -322,7 +328,16 @@ class SingleCells(Component):
             except DataError as exc:
                 reject(r, R_UNREADABLE, exc.problem)
                 sizes.append(None)
-        outliers = size_outliers(sizes, float(p["max_size_ratio"]), float(p["max_aspect"]))
+        outliers: list[tuple[str, str] | None] = [None] * len(t)
+        col = p["size_group_column"]
+        if col is not None and col not in t.columns:
+            raise DataError(str(images.path), f"size_group_column {col!r} is not a column of the images "
+                                              f"(columns: {', '.join(map(str, t.columns))})")
+        groups = t.groupby(t[col].astype(str)).indices if col else {"": np.arange(len(t))}
+        for idx in groups.values():
+            res = size_outliers([sizes[i] for i in idx], float(p["max_size_ratio"]), float(p["max_aspect"]))
+            for i, o in zip(idx, res):
+                outliers[i] = o
         keys = ("crop_size", "background", "neutral_value", "segment_size", "central_radius", "tie_ratio")
         wp = {k: p[k] for k in keys}
         todo = []

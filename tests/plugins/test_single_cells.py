@@ -109,6 +109,20 @@ def test_rejections_recorded_and_counted(tmp_path):
         _run(tmp_path / "stop", images, crop_size=72, on_error="stop")
 
 
+def test_size_median_per_group(tmp_path):
+    # two sources of different crop sizes: the minority would be rejected whole against the set's median
+    small = [field(size=(64, 64), wbcs=((32, 32, 12),), rbcs=(), seed=s)[0] for s in range(3)]
+    large = field(size=(160, 160), wbcs=((80, 80, 30),), rbcs=())[0]
+    extra = [{"cohort": "A"}] * 3 + [{"cohort": "B"}]
+    images = _images(tmp_path / "d", [*small, large], extra=extra)
+    cells, _ = _run(tmp_path, images, crop_size=96)
+    assert cells.meta["rejected"] == {"size far from the set's median": 1}
+    cells, _ = _run(tmp_path / "g", images, crop_size=96, size_group_column="cohort")
+    assert len(cells.table) == 4 and cells.meta["rejected"] == {}
+    with pytest.raises(DataError, match="size_group_column 'site' is not a column"):
+        _run(tmp_path / "x", images, size_group_column="site")
+
+
 def test_equal_claim_needs_two_similar_central_cells(tmp_path):
     # a small fragment touching the central region is no rival
     mask = np.zeros((96, 96), np.uint8)
