@@ -83,3 +83,4 @@ def test_cell_export_layout(tmp_path, registry):
     assert sorted(pred["id"]) == sorted(labels.index)
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["mil"]["n_instances"] == 4 * 6 and metrics["mil"]["bag_size_max"] == 4
+    assert "Single-cell crops: 24 of 24 images kept" in (tmp_path / "run" / "report.html").read_text()
