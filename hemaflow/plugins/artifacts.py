@@ -35,7 +35,9 @@ class ImageSet(TableArtifact):
 
     Meta: ``classes`` (ordered list), ``mask_spec`` (how to read the masks, see
     :func:`hemaflow.plugins.io.read_mask`), ``patients_are_images`` (bool), ``skipped``
-    (list of {file, reason}).
+    (list of {file, reason, step}: what the data step refused, also in ``skipped.parquet``),
+    ``ignored_files`` (kind -> count of non-image files the reader left out), ``on_error`` and
+    ``validate`` (the data step's choices).
     """
 
     type_name = "ImageSet"
@@ -44,6 +46,25 @@ class ImageSet(TableArtifact):
     @property
     def classes(self) -> list[str]:
         return list(self.meta.get("classes", []))
+
+    def check(self) -> None:
+        """Also refuse a set whose paths are relative to the working directory, not to the artifact.
+
+        A stored relative path is resolved against the artifact folder (:meth:`resolve`), so a
+        path like ``../shared/data/x.jpg`` meant relative to where ``hemaflow run`` started would be
+        "not found" in every later step. Checked on the first relative ``path`` (a stat or two):
+        missing under the artifact folder but present from the working directory is an error.
+        Data-set components write absolute paths (:class:`~hemaflow.plugins.datasets.FileDataset`).
+        """
+        super().check()
+        for col in ("path", "mask_path"):
+            if col not in self.table.columns:
+                continue
+            rel = next((v for v in self.table[col] if isinstance(v, str) and v and not Path(v).is_absolute()), None)
+            if rel is not None and not (self.path / rel).exists() and Path(rel).exists():
+                raise ValueError(f"ImageSet {col} {rel!r} is relative to the working directory ({Path.cwd()}), "
+                                 f"but paths in an ImageSet are relative to its folder ({self.path}); "
+                                 f"store absolute paths (e.g. str(Path(p).resolve()))")
 
     def row(self, image_id: str) -> pd.Series:
         idx = self._index().get(image_id)

@@ -172,11 +172,12 @@ def test_truncated_image_header_vs_full(manifest_dir, tmp_path):
     f = manifest_dir / "img" / "a.png"
     data = f.read_bytes()
     f.write_bytes(data[: len(data) // 2])
-    images, _ = run(Manifest, tmp_path, path=str(manifest_dir / "manifest.csv"))  # header is fine
+    images, _ = run(Manifest, tmp_path, path=str(manifest_dir / "manifest.csv"), validate="header")  # header is fine
     with pytest.raises(DataError, match=r"a.png: cannot read image"):
         images.read_image(images.table.iloc[0])  # found when the pixels are read
-    with pytest.raises(DataError, match=r"img/a.png: cannot read image"):
-        run(Manifest, tmp_path, path=str(manifest_dir / "manifest.csv"), validate="full")
+    for level in ("full", "auto"):  # auto (the default) decodes images of up to 1 Mpx
+        with pytest.raises(DataError, match=r"img/a.png: cannot read image"):
+            run(Manifest, tmp_path, path=str(manifest_dir / "manifest.csv"), validate=level)
 
 
 def test_unreadable_image_and_bad_mask_values(manifest_dir, tmp_path):

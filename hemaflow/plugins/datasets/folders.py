@@ -172,9 +172,17 @@ def _roots(p: dict[str, Any]) -> tuple[Path, Path | None]:
     return root, _path_param(p["mask_root"], "mask folder") if p["mask_root"] else None
 
 
-def _subfolders(path: str | Path) -> list[os.DirEntry]:
-    """The folders in ``path`` (hidden ones left out), sorted by name."""
-    return sorted((e for e in os.scandir(path) if e.is_dir() and not e.name.startswith(".")), key=lambda e: e.name)
+def _subfolders(path: str | Path, ignored: list[Path] | None = None, expected: tuple[Path, ...] = ()) -> list[os.DirEntry]:
+    """The folders in ``path``, sorted by name. Hidden ones and :data:`io.IGNORED_FOLDERS`
+    (``__MACOSX``) are left out, and so are files; both are appended to ``ignored`` when given,
+    except the files in ``expected`` (the labels file)."""
+    out = []
+    for e in sorted(os.scandir(path), key=lambda e: e.name):
+        if e.is_dir() and not e.name.startswith(".") and e.name not in io.IGNORED_FOLDERS:
+            out.append(e)
+        elif ignored is not None and Path(e.path) not in expected:
+            ignored.append(Path(e.path))
+    return out
 
 
 def _mask_of(img: Path, root: Path, mask_root: Path | None, p: dict[str, Any]) -> tuple[Path | None, str | None]:
@@ -217,7 +225,8 @@ class ClassFolders(FileDataset):
     def listing(self) -> Listing:
         p = self.params
         root, mask_root = _roots(p)
-        subdirs = [e.name for e in _subfolders(root)]
+        ignored: list[Path] = []
+        subdirs = [e.name for e in _subfolders(root, ignored)]
         if not subdirs:
             raise DataError(root, "no class folders found (expected <root>/<split>/<CLASS>/<image> or "
                                   "<root>/<CLASS>/<image>)")
@@ -232,8 +241,8 @@ class ClassFolders(FileDataset):
         records, problems = [], []
         groups = [(root / s, SPLIT_NAMES[s.lower()]) for s in subdirs] if has_split else [(root, None)]
         for folder, split in groups:
-            for cdir in _subfolders(folder):
-                for img in io.list_images(cdir.path, exclude_suffix=p["mask_suffix"]):
+            for cdir in _subfolders(folder, ignored if split is not None else None):
+                for img in io.list_images(cdir.path, exclude_suffix=p["mask_suffix"], ignored=ignored):
                     mask, err = _mask_of(img, root, mask_root, p)
                     if err:
                         problems.append((str(img), err))
@@ -244,7 +253,7 @@ class ClassFolders(FileDataset):
                     if split is not None:
                         rec["split"] = split
                     records.append(rec)
-        return Listing(records, problems, patients_are_images=pattern is None)
+        return Listing(records, problems, patients_are_images=pattern is None, ignored=ignored)
 
 
 def _compile(pattern: str | None) -> re.Pattern | None:
@@ -312,7 +321,8 @@ class PatientFolders(FileDataset):
         extra = [c for c in labels.columns if c not in (p["patient_column"], p["label_column"])]
         info = {r[p["patient_column"]].strip(): r for r in labels.to_dict("records")}
         records, problems = [], []
-        folders = _subfolders(root)
+        ignored: list[Path] = []
+        folders = _subfolders(root, ignored, expected=(lab_path.resolve(),))
         seen = set()
         for pdir in folders:
             pid = pdir.name
@@ -323,7 +333,7 @@ class PatientFolders(FileDataset):
                 continue
             seen.add(pid)
             row = info[pid]
-            found = list(io.list_images(pdir.path, exclude_suffix=p["mask_suffix"]))
+            found = list(io.list_images(pdir.path, exclude_suffix=p["mask_suffix"], ignored=ignored))
             if not found:
                 problems.append((pdir.path, f"patient {pid!r} has no images"))
                 continue
@@ -339,7 +349,7 @@ class PatientFolders(FileDataset):
         for pid in info:
             if pid not in seen:
                 problems.append((str(lab_path), f"patient {pid!r} has no images (no folder {root / pid})"))
-        return Listing(records, problems, extra_files=[lab_path])
+        return Listing(records, problems, extra_files=[lab_path], ignored=ignored)
 
 
 @hookimpl
