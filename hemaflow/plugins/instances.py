@@ -100,7 +100,7 @@ def _patch_item(args: tuple) -> tuple[list[np.ndarray], list[np.ndarray], list[d
 
 
 def _save_cellset(ctx: RunContext, rows: list[dict], crops: list[np.ndarray], masks: list[np.ndarray],
-                  crop_size: int, images, source: str):
+                  crop_size: int, images, source: str, skipped: list[dict] | None = None):
     from hemaflow.plugins.artifacts import CellSet
 
     out = ctx.out_dir("cells")
@@ -112,6 +112,11 @@ def _save_cellset(ctx: RunContext, rows: list[dict], crops: list[np.ndarray], ma
         table = pd.DataFrame(columns=CELL_COLUMNS)
     meta = {"crop_size": crop_size, "classes": images.classes, "source": source,
             "patients_are_images": bool(images.meta.get("patients_are_images", False))}
+    if skipped is not None:  # images this step left out (on_error: skip), recorded like the data step's
+        meta["skipped"] = skipped
+        pd.DataFrame(skipped, columns=["file", "reason", "step"]).to_parquet(out / "skipped.parquet", index=False)
+        if skipped:
+            ctx.report.table(f"Skipped images ({len(skipped)}, step {ctx.step_id})", skipped[:200], section="data")
     return CellSet(out, table, meta).save()
 
 
@@ -173,19 +178,21 @@ class WholeImages(Component):
                 mpath, spec = str(images.resolve(r["mask_path"])), images.meta.get("mask_spec")
             items.append((str(images.image_path(r)), mpath, spec, size, str(r["image_id"])))
         results = ctx.map(_whole_image_item, items, description="whole images")
-        rows, crops, cmasks = [], [], []
+        rows, crops, cmasks, skipped = [], [], [], []
         for (_, r), res in zip(t.iterrows(), results):
             if isinstance(res[0], str):
                 if self.params["on_error"] == "stop":
                     raise DataError(images.image_path(r), res[1])
                 ctx.warn(f"skipped image {r['image_id']}: {res[1]}")
+                file = str(images.image_path(r))
+                skipped.append({"file": file, "reason": res[1].removeprefix(f"{file}: "), "step": ctx.step_id})
                 continue
             crop, m, info = res
             rows.append({"cell_id": f"{r['image_id']}:0", "image_id": str(r["image_id"]),
                          "patient_id": str(r["patient_id"]), "label": r["label"], **info, "crop_index": len(crops)})
             crops.append(crop)
             cmasks.append(m)
-        return {"cells": _save_cellset(ctx, rows, crops, cmasks, size, images, self.name)}
+        return {"cells": _save_cellset(ctx, rows, crops, cmasks, size, images, self.name, skipped)}
 
 
 class Patches(Component):
