@@ -81,6 +81,24 @@ def test_truncated_jpeg_stops_the_data_step_with_the_file_named(tmp_path):
                                                                   "to leave it out)")
 
 
+def test_real_jpeg_cut_short_is_refused_by_default(shared_data, tmp_path):
+    """A BCCD field (640x480 JPEG) and a wbc-crops BMP cut to two thirds: headers intact, data short."""
+    root = tmp_path / "export"
+    (root / "P1").mkdir(parents=True)
+    for src in (shared_data / "bccd-fields/images/BloodImage_00001.jpg", shared_data / "wbc-crops/tecom/001.bmp"):
+        data = src.read_bytes()
+        (root / "P1" / src.name).write_bytes(data[: len(data) * 2 // 3])
+        (root / "P1" / ("ok_" + src.name)).write_bytes(data)
+    pd.DataFrame({"patient": ["P1"], "diagnosis": ["AML"]}).to_csv(root / "labels.csv", index=False)
+    images, _ = _run(PatientFolders, tmp_path, root=str(root), validate="header")
+    assert len(images.table) == 4
+    images, _ = _run(PatientFolders, tmp_path, root=str(root), on_error="skip")
+    assert images.table["image_id"].tolist() == ["P1/ok_001", "P1/ok_BloodImage_00001"]
+    assert [(Path(s["file"]).name, s["reason"][:43]) for s in images.meta["skipped"]] == [
+        ("001.bmp", "cannot read image (OSError: image file is t"),
+        ("BloodImage_00001.jpg", "cannot read image (OSError: image file is t")]
+
+
 def test_auto_decodes_small_images_only(tmp_path, monkeypatch):
     from hemaflow.plugins.datasets import common
 

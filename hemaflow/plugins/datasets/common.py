@@ -129,10 +129,10 @@ def _check_item(rec: dict[str, Any], validate: str, mask_spec: dict[str, Any] | 
     try:
         if validate == "full":
             size = io.decode_check(rec["image"])
+        elif validate == "auto":
+            size = io.decode_check(rec["image"], max_pixels=AUTO_FULL_PIXELS)
         else:
             size = io.image_size(rec["image"])
-            if validate == "auto" and size[0] * size[1] <= AUTO_FULL_PIXELS:
-                io.decode_check(rec["image"])
         if rec.get("mask") is not None:
             msize = io.read_mask(rec["mask"], mask_spec).shape[:2]
             if tuple(msize) != tuple(size):
