@@ -20,13 +20,17 @@ Modules: :mod:`.synthetic_smears`; :mod:`.folders` (``manifest``, ``class_folder
 :class:`~.common.FileDataset` base every file reader builds on, shared schema pieces). Each module
 registers its own components (``hemaflow.plugins.DEFAULT_PLUGINS``).
 
-Validation is lazy where it is cheap: with ``validate: header`` (the default) each image is
-opened with PIL without decoding the pixels (format, size, mode), which catches unreadable
-files and non-images for 100k images in seconds, and each mask is decoded with the data set's
-``mask_spec`` (size must match the image, every value or colour must map), so a bad mask is
-refused in the data step rather than after segmentation; truncated images are caught when a step
-reads the pixels (a ``DataError`` naming the file) or up front with ``validate: full``. ``on_error: skip`` drops bad items (recorded with ``ctx.warn`` and in
-``meta["skipped"]``); ``stop`` raises the first ``DataError``.
+Validation decides bad files in the data step: with ``validate: auto`` (the default) each image
+of at most 1 Mpx (single-cell crops, 640x480 fields) is decoded fully with PIL, which catches
+truncated files (0.1-2 ms each); larger images, and every image with ``validate: header``, are
+opened without decoding the pixels (format, size, mode), which catches unreadable files and
+non-images for 100k images in seconds; ``full`` decodes every image. Each mask is decoded with the
+data set's ``mask_spec`` (size must match the image, every value or colour must map), so a bad
+mask is refused in the data step rather than after segmentation. ``on_error: skip`` drops bad
+items (recorded with ``ctx.warn``, in ``meta["skipped"]`` and in ``skipped.parquet`` beside the
+ImageSet: file, reason, step); ``stop`` raises the first ``DataError``. Files that are not images
+(``Thumbs.db``, ``.DS_Store``, ``._*``, ``__MACOSX``...) are ignored and counted in
+``meta["ignored_files"]``. The ImageSet stores absolute paths.
 """
 
 from __future__ import annotations
