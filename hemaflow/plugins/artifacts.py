@@ -135,7 +135,12 @@ class ImageSet(TableArtifact):
 
     def summary(self) -> str:
         n_p = self.table["patient_id"].nunique() if len(self.table) else 0
-        return f"ImageSet ({len(self.table)} images, {n_p} patients, {len(self.classes)} classes)"
+        extra = ""
+        if self.meta.get("skipped"):
+            extra += f", {len(self.meta['skipped'])} skipped"
+        if self.meta.get("ignored_files"):
+            extra += f", {sum(self.meta['ignored_files'].values())} non-image files ignored"
+        return f"ImageSet ({len(self.table)} images, {n_p} patients, {len(self.classes)} classes{extra})"
 
 
 class MaskSet(TableArtifact):

@@ -65,6 +65,7 @@ def test_truncated_jpeg_skipped_in_the_data_step_and_recorded(tmp_path):
     rec = pd.read_parquet(images.path / images.meta["skipped_file"])
     assert rec.to_dict("records") == [{"file": str(bad), "reason": reason, "step": "data"}]
     assert ctx.warnings == [f"skipped {bad}: {reason}"]
+    assert images.summary() == "ImageSet (3 images, 2 patients, 2 classes, 1 skipped)"
     # a later step never meets it: single_cells reads every image it gets
     cells = make(SingleCells, crop_size=48).run(make_context(tmp_path / "c"), images=images)["cells"]
     assert len(cells.table) == 3 and cells.meta["rejected"] == {}
@@ -156,6 +157,7 @@ def test_junk_files_in_patient_folders_are_ignored_and_counted(tmp_path):
     assert images.meta["ignored_files"] == {"Thumbs.db": 3, "AppleDouble (._*)": 2, ".DS_Store": 2,
                                             "desktop.ini": 2, "__MACOSX": 1, "non-image": 1}
     assert images.meta["skipped"] == []
+    assert images.summary() == "ImageSet (4 images, 2 patients, 2 classes, 11 non-image files ignored)"
     assert len(ctx.warnings) == 1
     assert ctx.warnings[0].startswith("ignored 11 file(s) that are not images: Thumbs.db 3, .DS_Store 2, "
                                       "AppleDouble (._*) 2, desktop.ini 2, __MACOSX 1, non-image 1 (e.g. ")
@@ -253,3 +255,25 @@ def test_relative_root_through_a_recipe(tmp_path, monkeypatch):
     assert main(["run", "r.yaml", "--out", "out"]) == 0
     prov = json.loads((other / "out" / "provenance.json").read_text())
     assert [s["cache_hit"] for s in prov["steps"]] == [False, False]
+
+
+def test_recipe_report_counts_skipped_and_ignored_files(tmp_path, monkeypatch, capsys):
+    from hemaflow.core.cli import main
+
+    root = _export(tmp_path / "export")
+    _truncate(root / "P2" / "c0.jpg")
+    (root / "P1" / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
+    (root / "P1" / "._c1.jpg").write_bytes(b"\0\5\26\7")
+    recipe = {"name": "export", "seed": 0, "device": "cpu", "steps": {
+        "data": {"uses": "patient_folders", "with": {"root": str(root), "on_error": "skip"}},
+        "cells": {"uses": "single_cells", "inputs": {"images": "data"}, "with": {"crop_size": 48}}}}
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    monkeypatch.setenv("HEMAFLOW_CACHE_DIR", str(tmp_path / "cache"))
+    assert main(["run", str(tmp_path / "r.yaml"), "--out", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "ImageSet (3 images, 2 patients, 2 classes, 1 skipped, 2 non-image files ignored)" in out
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "Skipped files (1; on_error: skip; the full list is skipped.parquet of step data)" in html
+    assert "Ignored files, not images (2)" in html and "AppleDouble (._*)" in html
+    cells = json.loads(next((tmp_path / "cache").rglob("cells/meta.json")).read_text())
+    assert cells["n_input"] == 3 and cells["rejected"] == {}  # single_cells never met the cut file

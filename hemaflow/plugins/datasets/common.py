@@ -287,8 +287,8 @@ class FileDataset(Component):
             ([{"class": "(unlabelled)", "patients": int(table.loc[table.label == "", "patient_id"].nunique()),
                "images": int((table.label == "").sum())}] if (table.label == "").any() else []), section="data")
         if skipped:
-            ctx.report.table(f"Skipped files ({len(skipped)}, on_error: skip; all in {self.name}'s "
-                             f"skipped.parquet)", skipped[:200], section="data")
+            ctx.report.table(f"Skipped files ({len(skipped)}; on_error: skip; the full list is skipped.parquet "
+                             f"of step {ctx.step_id})", skipped[:200], section="data")
         if ignored:
             ctx.report.table(f"Ignored files, not images ({sum(ignored.values())})",
                              [{"kind": k, "files": n} for k, n in ignored.items()], section="data")
