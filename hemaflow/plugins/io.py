@@ -161,7 +161,14 @@ def decode_check(path: Path | str, max_pixels: int | None = None) -> tuple[int, 
     from PIL import Image, UnidentifiedImageError
 
     path = Path(path)
-    if path.suffix.lower() in (".tif", ".tiff") and max_pixels is None:  # tifffile: 16-bit RGB
+    if path.suffix.lower() in (".tif", ".tiff"):  # decoded as read_array does (tifffile: 16-bit RGB)
+        if max_pixels is not None:
+            try:
+                h, w = image_size(path)
+                if h * w > max_pixels:
+                    return h, w
+            except DataError:
+                pass  # a TIFF PIL cannot open may still be one tifffile reads
         return tuple(read_array(path).shape[:2])  # type: ignore[return-value]
     try:
         if path.stat().st_size == 0:

@@ -277,3 +277,14 @@ def test_recipe_report_counts_skipped_and_ignored_files(tmp_path, monkeypatch, c
     assert "Ignored files, not images (2)" in html and "AppleDouble (._*)" in html
     cells = json.loads(next((tmp_path / "cache").rglob("cells/meta.json")).read_text())
     assert cells["n_input"] == 3 and cells["rejected"] == {}  # single_cells never met the cut file
+
+
+def test_auto_decodes_tiffs_like_the_readers_do(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    ok, cut = tmp_path / "rgb16.tif", tmp_path / "cut.tif"
+    tifffile.imwrite(ok, np.arange(20 * 24 * 3, dtype=np.uint16).reshape(20, 24, 3) * 20)
+    cut.write_bytes(ok.read_bytes()[: ok.stat().st_size // 2])
+    assert io.decode_check(ok, max_pixels=1 << 20) == (20, 24) and io.image_size(cut) == (20, 24)
+    with pytest.raises(DataError, match=r"cut.tif: cannot read image \(ValueError: failed to read"):
+        io.decode_check(cut, max_pixels=1 << 20)
+    assert io.decode_check(cut, max_pixels=100) == (20, 24)  # large for auto: header only
