@@ -172,7 +172,8 @@ def _roots(p: dict[str, Any]) -> tuple[Path, Path | None]:
     return root, _path_param(p["mask_root"], "mask folder") if p["mask_root"] else None
 
 
-def _subfolders(path: str | Path, ignored: list[Path] | None = None, expected: tuple[Path, ...] = ()) -> list[os.DirEntry]:
+def _subfolders(path: str | Path, ignored: list[Path] | None = None,
+                expected: tuple[Path, ...] = ()) -> list[os.DirEntry]:
     """The folders in ``path``, sorted by name. Hidden ones and :data:`io.IGNORED_FOLDERS`
     (``__MACOSX``) are left out, and so are files; both are appended to ``ignored`` when given,
     except the files in ``expected`` (the labels file)."""
