@@ -8,6 +8,7 @@
     ├── PluginError                broken plugin, duplicate or unknown component
     │   └── UnknownComponentError  a recipe names a component nobody registered
     ├── DataError                  bad input data: names the file and the problem
+    ├── WorkerDiedError            a worker process of the executor died (killed, out of memory)
     └── StepError                  a step failed; wraps the cause, names step and component
 
 User errors (everything above except a bare StepError wrapping a bug) are printed as
@@ -82,6 +83,19 @@ class DataError(HemaflowError):
     def __init__(self, path: object, message: str):
         self.path, self.problem = str(path), message
         super().__init__(f"{path}: {message}")
+
+
+class WorkerDiedError(HemaflowError):
+    """A worker process died while items were being processed (SIGKILL, the out-of-memory killer).
+
+    ``item`` names the item that worker was processing when known (else ``None``), ``cause``
+    says how it died.
+    """
+
+    def __init__(self, item: str | None, cause: str):
+        self.item, self.cause = item, cause
+        where = f" while processing {item}" if item else ""
+        super().__init__(f"a worker process died{where} ({cause}): lower the executor's workers or the image size")
 
 
 class StepError(HemaflowError):
