@@ -8,10 +8,10 @@ scoring: whole field for BCCD, centre cell for the wbc-crops crops):
 * optionally a learned model (``--weights wbc-v1``) in the same run.
 
 How the adaptive defaults were chosen (no test image looked at): a small grid over
-``background_distance`` x ``window`` x ``ring`` scored on *dev* images only (BCCD ``val``, the
-even-numbered half of each wbc-crops source), keeping the setting with the best worst source.
-``--split heldout`` scores only images that played no part in that choice (BCCD ``test``, the
-odd-numbered crops); ``--loso`` re-runs the grid leave one source out: defaults picked on two
+``background_distance`` x ``window`` x ``ring`` scored on *dev* images only (the first 40 of BCCD
+``val`` and of the odd-numbered crops of each wbc-crops source), keeping the setting with the
+best worst source. ``--split heldout`` scores only images that played no part in that choice
+(BCCD ``test``, the even-numbered crops); ``--loso`` re-runs the grid leave one source out: defaults picked on two
 sources' dev images, scored on the third's held-out images.
 
 Usage::
@@ -42,12 +42,13 @@ GRID = {"background_distance": (2.0, 3.0, 4.0), "window": (3.0, 4.5, 6.0), "ring
 
 
 def items(source: str, split: str, limit: int | None = None) -> list:
-    """Images of a source for ``split``: all, dev (used to choose defaults) or heldout (never)."""
+    """Images of a source for ``split``: all, dev (used to choose defaults: odd-numbered crops) or
+    heldout (never: even-numbered crops, BCCD test)."""
     if source == "bccd":
         return load_source({"all": "bccd-test", "heldout": "bccd-test", "dev": "bccd-val"}[split], limit)
     rows = load_source(source)
     if split != "all":
-        rows = [r for r in rows if int(r[0]) % 2 == (0 if split == "dev" else 1)]
+        rows = [r for r in rows if int(r[0]) % 2 == (1 if split == "dev" else 0)]
     return rows[:limit]
 
 
