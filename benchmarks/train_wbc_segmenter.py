@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
     net = build_model(a.architecture, a.encoder, 3, **kwargs)
     meta = {"name": a.name, "architecture": a.architecture, "encoder": a.encoder, "model_kwargs": kwargs,
             "target": "three_class", "scale_rule": "cell_size", "cell_diameter": D, "first_short_side": 240,
-            "scale_tolerance": 1.25, "input_scale": 0.5,
+            "scale_tolerance": 1.5, "input_scale": 0.5,
             "training": {"data": ["bccd-fields splits/train.txt (MIT)", f"{len(synth)} hemaflow synthetic fields (MIT)"]
                          + [f"wbc-crops {s} (GPL-3.0, measurement only)" for s in a.extra],
                          "selection": "bccd-fields splits/val.txt fields + centre crops", "steps": a.steps,
