@@ -156,7 +156,7 @@ def main() -> None:
     ap.add_argument("--minority", type=int, default=wpe.MONOCYTE, choices=sorted(wpe.CELL_TYPES))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--stains", default="reinhard", help="comma-separated: reinhard, macenko ('' for none)")
-    ap.add_argument("--only", default="", help="comma-separated variant names to run (default: all)")
+    ap.add_argument("--only", default="", help="';'-separated variant names to run (default: all)")
     ap.add_argument("--encoder-epochs", type=int, default=None, help="default: the recipe's (10)")
     ap.add_argument("--mil-epochs", type=int, default=None, help="default: the recipe's (30)")
     ap.add_argument("--image-size", type=int, default=CROP_SIZE // 2, help="encoder input side (crops are 160 px)")
@@ -183,7 +183,7 @@ def main() -> None:
     uniq = {s: int(np.mean([p["unique_cells"] for p in pats if p["cohort"] == s])) for s in wpe.SOURCES}
     cache = work / "cache"
     stains = [s for s in a.stains.split(",") if s]
-    todo = [v for v in variants(stains) if not a.only or v["name"] in a.only.split(",")]
+    todo = [v for v in variants(stains) if not a.only or v["name"] in a.only.split(";")]
     results = []
     for v in todo:
         for train, test in DIRECTIONS:
