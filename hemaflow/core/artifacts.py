@@ -17,6 +17,8 @@ from typing import Any, ClassVar, TypeVar
 
 import pandas as pd
 
+from hemaflow.core import atomic
+
 A = TypeVar("A", bound="Artifact")
 
 
@@ -36,7 +38,7 @@ class Artifact:
         """Write the artifact to ``self.path``; return self."""
         self.path.mkdir(parents=True, exist_ok=True)
         meta = dict(self.meta, type=self.type_name)
-        (self.path / "meta.json").write_text(json.dumps(meta, indent=1, default=str))
+        atomic.write_text(self.path / "meta.json", json.dumps(meta, indent=1, default=str))
         return self
 
     @classmethod
@@ -110,7 +112,7 @@ class Metrics(Artifact):
 
     def save(self) -> "Metrics":
         super().save()
-        (self.path / "metrics.json").write_text(json.dumps(self.values, indent=1, default=float))
+        atomic.write_text(self.path / "metrics.json", json.dumps(self.values, indent=1, default=float))
         return self
 
     @classmethod

@@ -9,6 +9,7 @@
     │   └── UnknownComponentError  a recipe names a component nobody registered
     ├── DataError                  bad input data: names the file and the problem
     ├── WorkerDiedError            a worker process of the executor died (killed, out of memory)
+    ├── OutputError                a file of the run directory could not be written (disk full)
     └── StepError                  a step failed; wraps the cause, names step and component
 
 User errors (everything above except a bare StepError wrapping a bug) are printed as
@@ -96,6 +97,14 @@ class WorkerDiedError(HemaflowError):
         self.item, self.cause = item, cause
         where = f" while processing {item}" if item else ""
         super().__init__(f"a worker process died{where} ({cause}): lower the executor's workers or the image size")
+
+
+class OutputError(HemaflowError):
+    """A file of the run directory could not be written (disk full, read-only, no permission)."""
+
+    def __init__(self, path: object, cause: OSError):
+        self.path = str(path)
+        super().__init__(f"{path}: cannot write the run directory: {cause.strerror or cause}")
 
 
 class StepError(HemaflowError):

@@ -27,10 +27,11 @@ from typing import Any, Callable, Iterator
 import yaml
 
 from hemaflow import __version__
+from hemaflow.core import atomic
 from hemaflow.core.artifacts import Artifact, Metrics, Predictions
 from hemaflow.core.cache import StepCache, cache_key, default_cache_dir
 from hemaflow.core.component import RunContext
-from hemaflow.core.errors import HemaflowError, StepError
+from hemaflow.core.errors import HemaflowError, OutputError, StepError
 from hemaflow.core.plugins import Registry
 from hemaflow.core.report_items import ReportItems
 from hemaflow.core.validate import Resolved, StepSpec
@@ -106,6 +107,44 @@ def merge_metrics(steps: list[tuple[str, dict[str, Any]]]) -> tuple[dict[str, An
     return merged, keys
 
 
+#: Files of a run directory that hemaflow writes (besides the exports a run records in
+#: provenance.json's ``files``); a run into a reused directory removes them first.
+RUN_FILES = ("recipe.resolved.yaml", "provenance.json", "metrics.json", "predictions.csv", "report.html",
+             "error.log", "mlflow.json")
+
+
+def clean_run_dir(run_dir: Path) -> list[str]:
+    """Remove the files an earlier run wrote into ``run_dir`` and return their names.
+
+    Only a directory that holds a run (``provenance.json`` or ``recipe.resolved.yaml``) is
+    cleaned, and only of files hemaflow writes: :data:`RUN_FILES`, the exports the earlier run
+    listed in ``provenance.json`` (``files``), and temporary files of interrupted atomic writes
+    of those. Anything else (a user's notes, folders) stays. This way a failed run never
+    leaves an older run's ``report.html`` beside it, nor a successful run an older ``error.log``.
+    """
+    run_dir = Path(run_dir)
+    prov_path = run_dir / "provenance.json"
+    if not prov_path.is_file() and not (run_dir / "recipe.resolved.yaml").is_file():
+        return []
+    names = set(RUN_FILES)
+    try:
+        listed = json.loads(prov_path.read_text()).get("files") or []
+    except (OSError, ValueError, AttributeError):
+        listed = []
+    for name in listed if isinstance(listed, list) else []:
+        # a bare file name of this directory only: never a path that leads elsewhere
+        if isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name and "\\" not in name:
+            names.add(name)
+    removed = []
+    for p in run_dir.iterdir():
+        stale = p.name in names or (atomic.is_temp_name(p.name) and
+                                    any(p.name.startswith(f".{n}{atomic.TMP_MARK}") for n in names))
+        if stale and (p.is_symlink() or p.is_file()):
+            p.unlink()
+            removed.append(p.name)
+    return sorted(removed)
+
+
 def _git_commit(path: Path) -> str | None:
     try:
         res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=5)
@@ -155,6 +194,7 @@ class Runner:
         self._progress_enabled = progress
         self._progress: Any = None
         self._metrics_keys: dict[str, list[str]] = {}  # step id -> its keys in metrics.json
+        self._written: set[str] = set()  # files of the run directory this run wrote
 
     # -- output ------------------------------------------------------------------------------
     def _print(self, text: str) -> None:
@@ -279,12 +319,19 @@ class Runner:
         data = self.resolved.data
         run_dir = Path(run_dir) if run_dir else default_run_dir(self.resolved.name)
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "recipe.resolved.yaml").write_text(
-            yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True))
+        self._written = {"recipe.resolved.yaml", "provenance.json"}
         started = dt.datetime.now(dt.timezone.utc)
         t0 = time.perf_counter()
         results: dict[str, StepResult] = {}
         failure: BaseException | None = None
+        try:
+            clean_run_dir(run_dir)
+            atomic.write_text(run_dir / "recipe.resolved.yaml",
+                              yaml.safe_dump(data, sort_keys=False, default_flow_style=False, allow_unicode=True))
+            # a run directory always says whether its run finished: "running" until the end
+            self._write_provenance(run_dir, results, started, 0.0, None, status="running")
+        except OSError as exc:
+            raise OutputError(run_dir, exc) from exc
         progress_cm: Any = contextlib.nullcontext()
         if self._progress_enabled and self.console is not None:
             from rich.progress import (BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn,
@@ -309,14 +356,35 @@ class Runner:
         except (StepError, KeyboardInterrupt) as exc:
             failure = exc
         seconds = time.perf_counter() - t0
-        metrics = self._write_outputs(run_dir, results, started, seconds, failure)
+        try:
+            metrics = self._write_outputs(run_dir, results, started, seconds, failure)
+            if failure is None:
+                self._report_and_track(run_dir, results, metrics, started, seconds)
+        except (HemaflowError, KeyboardInterrupt) as exc:
+            failure = failure or exc
+        except OSError as exc:  # disk full, read-only: the run directory, not a step, failed
+            failure = failure or OutputError(run_dir, exc)
+            failure.__cause__ = exc
         if failure is not None:
-            if isinstance(failure, StepError) and failure.__cause__ is not None and \
-                    not isinstance(failure.__cause__, HemaflowError):
-                (run_dir / "error.log").write_text("".join(traceback.format_exception(failure.__cause__)))
+            # best effort: on a full disk these fail too, and must not hide the first error
+            with contextlib.suppress(OSError):
+                if isinstance(failure, StepError) and failure.__cause__ is not None and \
+                        not isinstance(failure.__cause__, HemaflowError):
+                    atomic.write_text(run_dir / "error.log", "".join(traceback.format_exception(failure.__cause__)))
+                    self._written.add("error.log")
+            with contextlib.suppress(OSError):
+                self._write_provenance(run_dir, results, started, seconds, failure)
             raise failure
-        self._report_and_track(run_dir, results, metrics, started, seconds)
         return RunOutcome(run_dir, list(results.values()), metrics, seconds)
+
+    def _write_provenance(self, run_dir: Path, results: dict[str, StepResult], started: dt.datetime,
+                          seconds: float, failure: BaseException | None, status: str | None = None) -> dict[str, Any]:
+        prov = self.provenance(results, started, seconds, failure)
+        if status is not None:
+            prov["status"] = status
+        prov["files"] = sorted(self._written)
+        atomic.write_text(run_dir / "provenance.json", json.dumps(prov, indent=1, default=str))
+        return prov
 
     def _write_outputs(self, run_dir: Path, results: dict[str, StepResult], started: dt.datetime,
                        seconds: float, failure: BaseException | None) -> dict[str, Any]:
@@ -324,6 +392,7 @@ class Runner:
 
         metric_steps: list[tuple[str, dict[str, Any]]] = []
         preds = []
+        before = {p.name: p.stat().st_mtime_ns for p in run_dir.iterdir() if p.is_file()}
         for res in results.values():
             for art in res.outputs.values():
                 if isinstance(art, Metrics):
@@ -334,24 +403,30 @@ class Runner:
                     art.export(run_dir, res.id)
                 except Exception as exc:  # exporting is a convenience; never lose the run for it
                     self._print(f"  [yellow]could not export {res.id}: {exc}[/yellow]")
+        # exports are files hemaflow wrote: recorded, so that a later run into this directory
+        # removes the ones it does not rewrite
+        self._written.update(p.name for p in run_dir.iterdir()
+                             if p.is_file() and before.get(p.name) != p.stat().st_mtime_ns)
+        if failure is None and len(self._written) > 2:  # recorded now, in case the run is killed later
+            self._write_provenance(run_dir, results, started, seconds, None, status="running")
         metrics, self._metrics_keys = merge_metrics(metric_steps)
         for step_id, keys in self._metrics_keys.items():
             for key in keys:
                 if "@" in key:
                     self._print(f"  [yellow]{step_id} writes metrics section {key.split('@')[0]!r} that an earlier "
                                 f"step wrote: kept as {key!r} in metrics.json[/yellow]")
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, default=float))
+        atomic.write_text(run_dir / "metrics.json", json.dumps(metrics, indent=1, default=float))
         if preds:
             table = pd.concat(preds, ignore_index=True, sort=False)
             front = ["id", "level", "fold", "y_true", "y_pred"]
             probs = sorted(c for c in table.columns if c.startswith("prob_"))
             rest = [c for c in table.columns if c not in front and c not in probs]
-            table[front + probs + rest].to_csv(run_dir / "predictions.csv", index=False)
+            table = table[front + probs + rest]
         else:
-            pd.DataFrame(columns=["id", "level", "fold", "y_true", "y_pred"]).to_csv(run_dir / "predictions.csv",
-                                                                                     index=False)
-        (run_dir / "provenance.json").write_text(
-            json.dumps(self.provenance(results, started, seconds, failure), indent=1, default=str))
+            table = pd.DataFrame(columns=["id", "level", "fold", "y_true", "y_pred"])
+        with atomic.replacing(run_dir / "predictions.csv") as tmp:
+            table.to_csv(tmp, index=False)
+        self._written.update(("metrics.json", "predictions.csv"))
         return metrics
 
     def provenance(self, results: dict[str, StepResult], started: dt.datetime, seconds: float,
@@ -379,7 +454,7 @@ class Runner:
             "started": started.isoformat(),
             "seconds": round(seconds, 3),
             "status": "ok" if failure is None else "failed",
-            "error": None if failure is None else str(failure),
+            "error": None if failure is None else (str(failure) or type(failure).__name__),
             "seed": self.seed,
             "device": self.device,
             "executor": self.executor.name,
@@ -398,7 +473,7 @@ class Runner:
         }
 
     def _run_dict(self, run_dir: Path, results: dict[str, StepResult], metrics: dict[str, Any],
-                  started: dt.datetime, seconds: float) -> dict[str, Any]:
+                  started: dt.datetime, seconds: float, prov: dict[str, Any] | None = None) -> dict[str, Any]:
         import pandas as pd
 
         pred_path = run_dir / "predictions.csv"
@@ -407,7 +482,7 @@ class Runner:
             "name": self.resolved.name,
             "recipe": self.resolved.data,
             "recipe_yaml": (run_dir / "recipe.resolved.yaml").read_text(),
-            "provenance": json.loads((run_dir / "provenance.json").read_text()),
+            "provenance": prov if prov is not None else json.loads((run_dir / "provenance.json").read_text()),
             "metrics": metrics,
             "predictions": preds,
             "duration_s": seconds,
@@ -421,7 +496,9 @@ class Runner:
         from hemaflow.core.schema import fill_defaults
 
         data = self.resolved.data
-        run = self._run_dict(run_dir, results, metrics, started, seconds)
+        prov = self.provenance(results, started, seconds)
+        prov["files"] = sorted(self._written | {"report.html"})
+        run = self._run_dict(run_dir, results, metrics, started, seconds, prov)
         ref = data.get("report") or {"uses": "html"}
         cls = self.registry.get("reporter", ref["uses"])
         try:
@@ -430,6 +507,8 @@ class Runner:
             raise
         except Exception as exc:
             raise StepError("report", ref["uses"], f"{type(exc).__name__}: {exc}") from exc
+        self._written.add("report.html")
+        self._write_provenance(run_dir, results, started, seconds, None)  # the run finished: "ok"
         for tid, tref in (data.get("trackers") or {}).items():
             tcls = self.registry.get("tracker", tref["uses"])
             try:

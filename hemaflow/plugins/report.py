@@ -22,6 +22,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from hemaflow.core import atomic
 from hemaflow.core.component import Component
 from hemaflow.core.markers import hookimpl
 
@@ -164,7 +165,7 @@ class HtmlReporter(Component):
         """Write ``run_dir/report.html`` for ``run`` (see the module docstring) and return its path."""
         run_dir = Path(run_dir)
         path = run_dir / "report.html"
-        path.write_text(self.render(run), encoding="utf-8")
+        atomic.write_text(path, self.render(run))  # never a truncated page (disk full, a crash)
         return path
 
     # -- page ------------------------------------------------------------------------------

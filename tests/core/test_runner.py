@@ -107,6 +107,7 @@ def test_sigkill_mid_step_then_rerun_reuses_finished_steps(tmp_path):
     finished = _cached_steps(cache)
     assert 4 <= finished < 6
     assert not (tmp_path / "killed" / "metrics.json").exists()
+    assert provenance(tmp_path / "killed")["status"] == "running"  # it says the run never finished
     # half-written work directories never count as entries
     for entry in (cache / "steps").glob("*/*"):
         assert (entry / "step.json").exists() and (entry / "outputs.json").exists()
