@@ -38,7 +38,8 @@ class Artifact:
         """Write the artifact to ``self.path``; return self."""
         self.path.mkdir(parents=True, exist_ok=True)
         meta = dict(self.meta, type=self.type_name)
-        atomic.write_text(self.path / "meta.json", json.dumps(meta, indent=1, default=str))
+        # no fsync: an artifact lives in a work directory that the cache commits as a whole
+        atomic.write_text(self.path / "meta.json", json.dumps(meta, indent=1, default=str), fsync=False)
         return self
 
     @classmethod
@@ -112,7 +113,7 @@ class Metrics(Artifact):
 
     def save(self) -> "Metrics":
         super().save()
-        atomic.write_text(self.path / "metrics.json", json.dumps(self.values, indent=1, default=float))
+        atomic.write_text(self.path / "metrics.json", json.dumps(self.values, indent=1, default=float), fsync=False)
         return self
 
     @classmethod

@@ -30,17 +30,22 @@ def is_temp_name(name: str) -> bool:
 
 
 @contextlib.contextmanager
-def replacing(path: Path | str) -> Iterator[Path]:
+def replacing(path: Path | str, *, fsync: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; when the block ends without an error, the
-    file written there replaces ``path`` atomically, else it is removed."""
+    file written there replaces ``path`` atomically, else it is removed.
+
+    ``fsync=False`` skips flushing to disk (a few ms per file) where something else already
+    makes the whole directory appear at once, e.g. a cache entry's work directory.
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
     # created like open() would (permissions from the umask), but never over an existing file
     os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         yield tmp
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        if fsync:
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -48,15 +53,15 @@ def replacing(path: Path | str) -> Iterator[Path]:
         raise
 
 
-def write_text(path: Path | str, text: str, encoding: str = "utf-8") -> Path:
+def write_text(path: Path | str, text: str, encoding: str = "utf-8", *, fsync: bool = True) -> Path:
     """Write ``text`` to ``path`` atomically; return the path."""
-    with replacing(path) as tmp:
+    with replacing(path, fsync=fsync) as tmp:
         tmp.write_text(text, encoding=encoding)
     return Path(path)
 
 
-def write_bytes(path: Path | str, data: bytes) -> Path:
+def write_bytes(path: Path | str, data: bytes, *, fsync: bool = True) -> Path:
     """Write ``data`` to ``path`` atomically; return the path."""
-    with replacing(path) as tmp:
+    with replacing(path, fsync=fsync) as tmp:
         tmp.write_bytes(data)
     return Path(path)
