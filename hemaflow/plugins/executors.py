@@ -134,6 +134,11 @@ class ProcessExecutor(Executor):
             procs.update(getattr(pool, "_processes", None) or {})
             pool.shutdown(wait=True, cancel_futures=True)
             raise self._worker_died(items, started, done, procs, len(out)) from exc
+        except BaseException:
+            # an item failed or Ctrl-C: stop at once (as Pool did) instead of finishing running tasks
+            for proc in (getattr(pool, "_processes", None) or procs).values():
+                proc.terminate()
+            raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         return out

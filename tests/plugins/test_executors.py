@@ -141,3 +141,21 @@ def test_the_executor_does_not_change_cache_keys(tmp_path):
     a, b = (json.loads((tmp_path / d / "provenance.json").read_text())["steps"] for d in "ab")
     assert [s["cache_key"] for s in a] == [s["cache_key"] for s in b]
     assert all(s["cache_hit"] for s in b)
+
+
+def slow_unless_three(x: int) -> int:
+    import time
+
+    if x == 3:
+        raise ValueError("three is bad")
+    time.sleep(30)
+    return x
+
+
+def test_a_failing_item_stops_the_other_workers_at_once():
+    import time
+
+    t0 = time.perf_counter()
+    with deadline(60), pytest.raises(ValueError, match="three is bad"):
+        ProcessExecutor(workers=2).map(slow_unless_three, [3, 1, 2])
+    assert time.perf_counter() - t0 < 20  # item 1 (30 s) is not waited for
