@@ -365,6 +365,10 @@ class Runner:
         except OSError as exc:  # disk full, read-only: the run directory, not a step, failed
             failure = failure or OutputError(run_dir, exc)
             failure.__cause__ = exc
+        except Exception as exc:  # a bug in hemaflow: the directory still says the run failed
+            with contextlib.suppress(OSError):
+                self._write_provenance(run_dir, results, started, seconds, failure or exc)
+            raise
         if failure is not None:
             # best effort: on a full disk these fail too, and must not hide the first error
             with contextlib.suppress(OSError):

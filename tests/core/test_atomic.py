@@ -168,3 +168,16 @@ def test_damaged_provenance_still_cleans_the_known_files(tmp_path):
     (tmp_path / "provenance.json").write_text("{not json")
     (tmp_path / "error.log").write_text("old")
     assert clean_run_dir(tmp_path) == ["error.log", "provenance.json"]
+
+
+def test_a_bug_while_writing_outputs_still_says_failed(tmp_path, monkeypatch, capsys):
+    from hemaflow.core import runner
+
+    def broken(steps):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(runner, "merge_metrics", broken)
+    assert run(tmp_path / "a") == 3
+    assert "internal error" in capsys.readouterr().err
+    prov = provenance(tmp_path / "a")
+    assert prov["status"] == "failed" and "a bug" in prov["error"]
