@@ -81,6 +81,23 @@ def _aligned(ft: TableArtifact, ids: pd.Index, name: str) -> dict[int, np.ndarra
     return _by_cell(t).reindex(ids)[cols].to_numpy(np.float32)
 
 
+def select_modalities(modalities: list[str] | None, embeddings: TableArtifact | None,
+                      features: TableArtifact | None) -> tuple[TableArtifact | None, TableArtifact | None]:
+    """Keep only the instance inputs a step's ``modalities`` parameter names (all when it is empty).
+
+    Raises:
+        DataError: a listed modality has no input in the step.
+    """
+    if not modalities:
+        return embeddings, features
+    given = {"embeddings": embeddings, "features": features}
+    for m in modalities:
+        if given[m] is None:
+            raise DataError("<recipe>", f"modalities lists {m!r} but the step has no {m!r} input")
+    return (embeddings if "embeddings" in modalities else None,
+            features if "features" in modalities else None)
+
+
 def build_instances(*, embeddings: TableArtifact | None = None, features: TableArtifact | None = None,
                     cells: TableArtifact | None = None, all_cells: bool = False) -> Instances:
     """Join the instance sources on ``cell_id``.

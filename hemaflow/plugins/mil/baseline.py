@@ -38,7 +38,8 @@ from hemaflow.core.artifacts import Metrics, Model, Predictions, TableArtifact
 from hemaflow.core.component import Component, RunContext
 from hemaflow.core.errors import DataError
 from hemaflow.core.markers import hookimpl
-from hemaflow.plugins.mil.bags import apply_scaler, build_instances, fit_pca, fit_scaler, make_bags, patient_labels
+from hemaflow.plugins.mil.bags import (apply_scaler, build_instances, fit_pca, fit_scaler, make_bags, patient_labels,
+                                       select_modalities)
 
 STATS = ("mean", "sd", "q10", "q25", "q50", "q75", "q90", "min", "max")
 DEFAULT_STATS = ["mean", "sd", "q10", "q50", "q90"]
@@ -133,13 +134,7 @@ class PooledBaseline(Component):
 
     def _run(self, ctx: RunContext, split, embeddings, features, cells) -> dict[str, Any]:
         p = self.params
-        if p.get("modalities"):
-            given = {"embeddings": embeddings, "features": features}
-            for m in p["modalities"]:
-                if given[m] is None:
-                    raise DataError("<recipe>", f"modalities lists {m!r} but the step has no {m!r} input")
-            embeddings = embeddings if "embeddings" in p["modalities"] else None
-            features = features if "features" in p["modalities"] else None
+        embeddings, features = select_modalities(p.get("modalities"), embeddings, features)
         inst = build_instances(embeddings=embeddings, features=features, cells=cells)
         table, classes = inst.table, inst.classes
         source = (embeddings if embeddings is not None else features).path

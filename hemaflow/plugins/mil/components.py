@@ -13,7 +13,7 @@ from hemaflow.core.component import Component, RunContext
 from hemaflow.core.errors import DataError
 from hemaflow.core.markers import hookimpl
 from hemaflow.plugins.mil.bags import (NORMAL_TRUTH, apply_scaler, build_instances, fit_pca, fit_scaler, make_bags,
-                                       patient_labels, precision_at_k, r_precision)
+                                       patient_labels, precision_at_k, r_precision, select_modalities)
 from hemaflow.plugins.mil.nets import build_net
 from hemaflow.plugins.mil.train import predict_bag, train_fold
 
@@ -148,13 +148,7 @@ class MILComponent(Component):
         from safetensors.torch import save_file
 
         p = self.params
-        if p.get("modalities"):
-            given = {"embeddings": embeddings, "features": features}
-            for m in p["modalities"]:
-                if given[m] is None:
-                    raise DataError("<recipe>", f"modalities lists {m!r} but the step has no {m!r} input")
-            embeddings = embeddings if "embeddings" in p["modalities"] else None
-            features = features if "features" in p["modalities"] else None
+        embeddings, features = select_modalities(p.get("modalities"), embeddings, features)
         enc = p.get("encoder")
         if enc:
             if cells is None:
