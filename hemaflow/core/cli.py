@@ -202,6 +202,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     for r in rows:
         table.add_row(r["kind"], r["name"], r["distribution"], r["version"], r["description"])
     _console().print(table)
+    for b in reg.broken:  # a broken third-party plugin is listed, not fatal (details on stderr)
+        print(f"broken plugin: {b.distribution} (entry point {b.plugin!r}): {b.message}")
     return 0
 
 
