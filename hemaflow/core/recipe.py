@@ -8,22 +8,43 @@ command line (``--set steps.encoder=!reset``)::
     steps:
       encoder: !reset                  # no frozen encoder step
       mil: {inputs: {embeddings: !reset}}
+      segment: {with: !reset {min_area: 80}}   # replace the inherited with: instead of merging
+
+``!reset VALUE`` replaces the inherited value by ``VALUE`` as a whole (no deep merge). When an
+extending recipe (or ``--set``) changes a step's ``uses:``, the parent's ``with:`` for that step
+is dropped: it held another component's parameters (``resolve --origins`` notes the drop).
 
 Every value of a loaded recipe is located by its JSON pointer (``/steps/mil/with/epochs``) in
 an :class:`Origin`: the file, line and column it came from, a ``--set`` override, or a schema
 default. Errors and ``hemaflow resolve --origins`` use these locations.
+
+Limits (each a one-line :class:`RecipeError` with the location, never a memory blow-up or a
+``RecursionError``): a recipe file is a regular file of at most :data:`MAX_RECIPE_BYTES`; maps and
+lists nest at most :data:`MAX_DEPTH` levels; YAML aliases expand to at most :data:`MAX_VALUES`
+values ("billion laughs"); an ``extends`` chain is at most :data:`MAX_EXTENDS_DEPTH` recipes deep
+and reads at most :data:`MAX_EXTENDS_FILES` files. A file that is not a recipe (binary, not a
+mapping, mostly unknown top-level keys) is reported once as "not a hemaflow recipe", without
+echoing its content.
 """
 
 from __future__ import annotations
 
 import copy
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
 from hemaflow.core.errors import Problem, RecipeError, UsageError
+
+MAX_RECIPE_BYTES = 1 << 20  # 1 MiB; the largest shipped recipe is a few KiB
+MAX_DEPTH = 64  # nesting levels of maps and lists (aliases expanded)
+MAX_VALUES = 100_000  # values after alias expansion
+MAX_EXTENDS_DEPTH = 32
+MAX_EXTENDS_FILES = 256
+RECIPE_SUFFIXES = (".yaml", ".yml")
 
 
 @dataclass(frozen=True)
@@ -72,14 +93,71 @@ class _Reset:
 RESET = _Reset()
 
 
+@dataclass(frozen=True)
+class Replace:
+    """The value of ``key: !reset VALUE``: drop what ``extends`` gave ``key``, then set ``VALUE``."""
+
+    value: Any
+
+
+class _LimitError(Exception):
+    """A recipe exceeds a parser limit at ``mark`` (a yaml.Mark or an :class:`Origin`)."""
+
+    def __init__(self, message: str, mark: Any, pointer: str = ""):
+        super().__init__(message)
+        self.message, self.pointer = message, pointer
+        if isinstance(mark, Origin):
+            self.line, self.col = mark.line, mark.col
+        else:
+            self.line, self.col = (mark.line + 1, mark.column + 1) if mark is not None else (0, 0)
+
+
 class _Loader(yaml.SafeLoader):
-    """SafeLoader: never constructs Python objects, so recipes cannot execute code."""
+    """SafeLoader: never constructs Python objects, so recipes cannot execute code.
+
+    Two additions: composing stops at :data:`MAX_DEPTH` levels (PyYAML's composer recurses, so
+    5000 nested brackets would end in RecursionError), and ``!reset`` is a complete tag in flow
+    style too (``{a: !reset}``, ``[x, {b: !reset}]``: YAML would read ``!reset}`` as the tag).
+    """
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _LimitError(f"maps and lists nest deeper than {MAX_DEPTH} levels; a recipe needs a few",
+                                  self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def scan_tag(self) -> Any:
+        if self.flow_level and self.prefix(6) == "!reset" and self.peek(6) in ",]}":
+            start = self.get_mark()
+            self.forward(6)
+            return yaml.tokens.TagToken(("!", "reset"), start, self.get_mark())
+        return super().scan_tag()
 
 
-_Loader.add_constructor("!reset", lambda loader, node: RESET)
+def _plain(node: yaml.Node, loader: yaml.SafeLoader) -> yaml.Node:
+    """``node`` without its ``!reset`` tag: the tag YAML would give it untagged."""
+    if isinstance(node, yaml.ScalarNode):
+        tag = loader.resolve(yaml.ScalarNode, node.value, (True, False))
+        return yaml.ScalarNode(tag, node.value, node.start_mark, node.end_mark, node.style)
+    tag = "tag:yaml.org,2002:map" if isinstance(node, yaml.MappingNode) else "tag:yaml.org,2002:seq"
+    return type(node)(tag, node.value, node.start_mark, node.end_mark, node.flow_style)
 
 
-_RESET_TAKES_NO_VALUE = "!reset removes the key and takes no value; write the value without !reset to set it"
+def _construct_reset(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    if not _reset_has_value(node):
+        return RESET
+    return Replace(loader.construct_object(_plain(node, loader), deep=True))
+
+
+_Loader.add_constructor("!reset", _construct_reset)
 
 
 def _reset_has_value(node: yaml.Node) -> bool:
@@ -88,7 +166,10 @@ def _reset_has_value(node: yaml.Node) -> bool:
 
 
 def _without_resets(value: Any) -> Any:
-    """``value`` with every ``!reset`` key removed (there was nothing to reset)."""
+    """``value`` with every ``!reset`` key removed and every ``!reset VALUE`` unwrapped (there was
+    nothing to reset)."""
+    if isinstance(value, Replace):
+        return _without_resets(value.value)
     if isinstance(value, dict):
         return {k: _without_resets(v) for k, v in value.items() if v is not RESET}
     return value
@@ -98,80 +179,174 @@ def _mark(path: str, mark: yaml.Mark) -> Origin:
     return Origin(path, mark.line + 1, mark.column + 1)
 
 
-def _convert(node: yaml.Node, path: str, ptr: str, src: Source, loader: _Loader, problems: list[Problem]) -> Any:
+@dataclass
+class _Walk:
+    """State of one :func:`_convert` walk: values so far (aliases count each time they are used),
+    the collection nodes being converted (a node inside itself is a recursive alias), depth."""
+
+    path: str
+    src: Source
+    loader: _Loader
+    problems: list[Problem]
+    count: int = 0
+    depth: int = 0
+    active: set[int] = field(default_factory=set)
+    merge_sizes: dict[int, int] = field(default_factory=dict)
+
+
+def _top(ptr: str) -> str:
+    return "/" + ptr.split("/")[1] if ptr.count("/") > 1 else ptr
+
+
+def _merged_size(node: yaml.MappingNode, walk: _Walk, stack: list[int]) -> int:
+    """Entries of ``node`` once its ``<<`` merge keys are flattened; refuses cycles and blow-ups
+    before PyYAML's recursive ``flatten_mapping`` sees them."""
+    if id(node) in walk.merge_sizes:
+        return walk.merge_sizes[id(node)]
+    if id(node) in stack:
+        raise _LimitError(f"recursive YAML merge: the map at line {node.start_mark.line + 1} merges itself (<<)",
+                          node.start_mark)
+    if len(stack) > MAX_DEPTH:
+        raise _LimitError(f"YAML merges (<<) chain deeper than {MAX_DEPTH} maps", node.start_mark)
+    stack.append(id(node))
+    n = 0
+    for key_node, value_node in node.value:
+        if key_node.tag != "tag:yaml.org,2002:merge":
+            n += 1
+            continue
+        subs = value_node.value if isinstance(value_node, yaml.SequenceNode) else [value_node]
+        n += sum(_merged_size(sub, walk, stack) for sub in subs if isinstance(sub, yaml.MappingNode))
+        if n > MAX_VALUES:
+            raise _LimitError(f"YAML merges (<<) expand to more than {MAX_VALUES} values; a recipe is far smaller",
+                              node.start_mark)
+    stack.pop()
+    walk.merge_sizes[id(node)] = n
+    return n
+
+
+def _convert(node: yaml.Node, ptr: str, walk: _Walk) -> Any:
+    walk.count += 1
+    if walk.count > MAX_VALUES:
+        raise _LimitError(f"YAML aliases expand to more than {MAX_VALUES} values (nested anchors, "
+                          f"'billion laughs'); a recipe is far smaller",
+                          walk.src.keys.get(_top(ptr)) or node.start_mark, _top(ptr))
+    if isinstance(node, yaml.CollectionNode):
+        if id(node) in walk.active:
+            raise _LimitError(f"recursive YAML alias: the anchored value at line {node.start_mark.line + 1} "
+                              f"contains itself", node.start_mark, ptr if ptr.count("/") <= MAX_DEPTH else _top(ptr))
+        if walk.depth >= MAX_DEPTH:
+            raise _LimitError(f"maps and lists nest deeper than {MAX_DEPTH} levels (aliases expanded); a recipe "
+                              f"needs a few", node.start_mark, _top(ptr))
+        walk.active.add(id(node))
+        walk.depth += 1
+        try:
+            return _convert_collection(node, ptr, walk)
+        finally:
+            walk.depth -= 1
+            walk.active.discard(id(node))
+    return _convert_scalar(node, ptr, walk)
+
+
+def _convert_scalar(node: yaml.Node, ptr: str, walk: _Walk) -> Any:
+    walk.src.values[ptr] = _mark(walk.path, node.start_mark)
+    if node.tag == "!reset":
+        return Replace(walk.loader.construct_object(_plain(node, walk.loader))) if _reset_has_value(node) else RESET
+    return walk.loader.construct_object(node, deep=True)
+
+
+def _convert_collection(node: yaml.Node, ptr: str, walk: _Walk) -> Any:
+    path, src, loader, problems = walk.path, walk.src, walk.loader, walk.problems
     src.values[ptr] = _mark(path, node.start_mark)
     if node.tag == "!reset":
-        if _reset_has_value(node):
-            problems.append(Problem(path, node.start_mark.line + 1, node.start_mark.column + 1, ptr,
-                                    _RESET_TAKES_NO_VALUE))
-        return RESET
+        if not _reset_has_value(node):
+            return RESET
+        return Replace(_convert_collection(_plain(node, loader), ptr, walk))
     standard = {yaml.MappingNode: "tag:yaml.org,2002:map", yaml.SequenceNode: "tag:yaml.org,2002:seq"}
     if type(node) in standard and node.tag != standard[type(node)]:
         raise yaml.constructor.ConstructorError(None, None, f"unsupported YAML tag {node.tag!r} (recipes hold "
                                                 f"plain data only)", node.start_mark)
     if isinstance(node, yaml.MappingNode):
+        _merged_size(node, walk, [])
         loader.flatten_mapping(node)
         out: dict[Any, Any] = {}
         first_seen: dict[Any, yaml.Node] = {}
         for key_node, value_node in node.value:
+            kline, kcol = key_node.start_mark.line + 1, key_node.start_mark.column + 1
             if key_node.tag == "!reset":
-                problems.append(Problem(path, key_node.start_mark.line + 1, key_node.start_mark.column + 1, ptr,
-                                        "!reset goes after a key (key: !reset), not in place of one"))
+                problems.append(Problem(path, kline, kcol, ptr, "!reset goes after a key (key: !reset), not in place "
+                                                                "of one"))
+                continue
+            if not isinstance(key_node, yaml.ScalarNode):
+                what = "a map" if isinstance(key_node, yaml.MappingNode) else "a list"
+                problems.append(Problem(path, kline, kcol, ptr, f"mapping keys must be strings; got {what}"))
                 continue
             key = loader.construct_object(key_node, deep=True)
             if not isinstance(key, (str, int, float, bool)) or key is None:
-                problems.append(Problem(path, key_node.start_mark.line + 1, key_node.start_mark.column + 1, ptr,
-                                        f"mapping keys must be strings; got {type(key).__name__}"))
+                problems.append(Problem(path, kline, kcol, ptr, f"mapping keys must be strings; got "
+                                                                f"{type(key).__name__}"))
                 continue
             key = str(key) if not isinstance(key, str) else key
             child = ptr + "/" + escape(key)
             if key in first_seen:
                 prev = first_seen[key].start_mark
-                problems.append(Problem(path, key_node.start_mark.line + 1, key_node.start_mark.column + 1, child,
+                problems.append(Problem(path, kline, kcol, child,
                                         f"duplicate key {key!r} (first defined at line {prev.line + 1})"))
                 continue
             first_seen[key] = key_node
             src.keys[child] = _mark(path, key_node.start_mark)
-            out[key] = _convert(value_node, path, child, src, loader, problems)
+            out[key] = _convert(value_node, child, walk)
         return out
-    if isinstance(node, yaml.SequenceNode):
-        for i, v in enumerate(node.value):
-            if v.tag == "!reset":
-                problems.append(Problem(path, v.start_mark.line + 1, v.start_mark.column + 1, f"{ptr}/{i}",
-                                        "!reset removes a key; it cannot be a list item"))
-        return [_convert(v, path, f"{ptr}/{i}", src, loader, problems) for i, v in enumerate(node.value)]
-    return loader.construct_object(node, deep=True)
+    for i, v in enumerate(node.value):
+        if v.tag == "!reset":
+            problems.append(Problem(path, v.start_mark.line + 1, v.start_mark.column + 1, f"{ptr}/{i}",
+                                    "!reset removes a key; it cannot be a list item"))
+    return [_convert(v, f"{ptr}/{i}", walk) for i, v in enumerate(node.value)]
 
 
-def parse_yaml(text: str, path: str) -> Source:
-    """Parse YAML text into a :class:`Source`; malformed YAML and duplicate keys raise RecipeError."""
-    loader = _Loader(text)
-    try:
-        node = loader.get_single_node()
-    except yaml.MarkedYAMLError as exc:
+def _yaml_problem(path: str, exc: yaml.YAMLError, text: str) -> Problem:
+    if isinstance(exc, yaml.reader.ReaderError):  # a character YAML does not allow, before any parsing
+        before = text[:exc.position]
+        line, col = before.count("\n") + 1, exc.position - (before.rfind("\n") + 1) + 1
+        what = "NUL byte" if exc.character == 0 else f"control character U+{exc.character:04X}"
+        return Problem(path, line, col, "", f"{what} is not allowed in a recipe (YAML text holds printable "
+                                            f"characters, tabs and line breaks only)")
+    if isinstance(exc, yaml.MarkedYAMLError):
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
         what = exc.problem or str(exc)
         if exc.context:
             what = f"{exc.context}, {what}"
-        raise RecipeError(Problem(path, line, col, "", f"malformed YAML: {what}")) from None
-    except yaml.YAMLError as exc:
-        raise RecipeError(Problem(path, 0, 0, "", f"malformed YAML: {exc}")) from None
-    finally:
-        loader.dispose()
+        return Problem(path, line, col, "", f"malformed YAML: {what}")
+    return Problem(path, 0, 0, "", f"malformed YAML: {exc}")
+
+
+def _parse(text: str, path: str) -> tuple[Source, list[Problem]]:
+    """Parse ``text``; return the source and its located problems (duplicate keys, misplaced
+    ``!reset``). Malformed YAML and exceeded limits raise RecipeError."""
     src = Source(path, None)
-    if node is None:
-        src.data = {}
-        return src
     problems: list[Problem] = []
+    loader = None
     try:
-        src.data = _convert(node, path, "", src, loader, problems)
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line, col = (mark.line + 1, mark.column + 1) if mark else (0, 0)
-        raise RecipeError(Problem(path, line, col, "", f"malformed YAML: {exc.problem or exc}")) from None
+        loader = _Loader(text)  # the reader checks the characters here
+        node = loader.get_single_node()
+        src.data = None if node is None else _convert(node, "", _Walk(path, src, loader, problems))
+    except _LimitError as exc:
+        raise RecipeError(Problem(path, exc.line, exc.col, exc.pointer, exc.message)) from None
+    except yaml.YAMLError as exc:
+        raise RecipeError(_yaml_problem(path, exc, text)) from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    return src, problems
+
+
+def parse_yaml(text: str, path: str) -> Source:
+    """Parse YAML text into a :class:`Source`; malformed YAML and duplicate keys raise RecipeError."""
+    src, problems = _parse(text, path)
     if problems:
         raise RecipeError(problems)
+    if src.data is None:
+        src.data = {}
     return src
 
 
@@ -183,19 +358,84 @@ def display_path(path: Path) -> str:
         return str(path)
 
 
-def read_source(path: Path) -> Source:
-    shown = display_path(path)
-    if not path.exists():
-        raise RecipeError(Problem(shown, 0, 0, "", "file not found"))
-    if path.is_dir():
-        raise RecipeError(Problem(shown, 0, 0, "", "is a directory, not a recipe file"))
+def _not_a_recipe(shown: str, why: str, line: int = 0, col: int = 0) -> RecipeError:
+    return RecipeError(Problem(shown, line, col, "", f"not a hemaflow recipe: {why}"))
+
+
+def _read_text(path: Path, shown: str) -> str:
+    """The text of a recipe file: a regular UTF-8 file of at most MAX_RECIPE_BYTES."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RecipeError(Problem(shown, 0, 0, "", f"cannot read file: {exc}")) from None
-    src = parse_yaml(text, shown)
-    if not isinstance(src.data, dict):
-        raise RecipeError(Problem(shown, 1, 1, "", f"a recipe must be a mapping; got {type(src.data).__name__}"))
+        st = path.stat()
+    except FileNotFoundError:
+        raise RecipeError(Problem(shown, 0, 0, "", "file not found")) from None
+    except OSError as exc:
+        raise RecipeError(Problem(shown, 0, 0, "", f"cannot read file: {exc.strerror or exc}")) from None
+    if stat.S_ISDIR(st.st_mode):
+        raise RecipeError(Problem(shown, 0, 0, "", "is a directory, not a recipe file"))
+    if not stat.S_ISREG(st.st_mode):  # /dev/zero, a FIFO (would block), a socket
+        raise _not_a_recipe(shown, "not a regular file (a device, pipe or socket); a recipe is a YAML file")
+    too_big = f"larger than {MAX_RECIPE_BYTES // 1024} KiB (recipes are a few KiB of YAML)"
+    if st.st_size > MAX_RECIPE_BYTES:
+        raise _not_a_recipe(shown, too_big)
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_RECIPE_BYTES + 1)  # /proc files report size 0
+    except OSError as exc:
+        raise RecipeError(Problem(shown, 0, 0, "", f"cannot read file: {exc.strerror or exc}")) from None
+    if len(raw) > MAX_RECIPE_BYTES:
+        raise _not_a_recipe(shown, too_big)
+    if b"\0" in raw and path.suffix.lower() not in RECIPE_SUFFIXES:
+        before = raw[:raw.index(b"\0")]
+        line, col = before.count(b"\n") + 1, len(before) - (before.rfind(b"\n") + 1) + 1
+        raise _not_a_recipe(shown, "it contains NUL bytes (a binary file?)", line, col)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        before = raw[:exc.start]
+        line, col = before.count(b"\n") + 1, len(before) - (before.rfind(b"\n") + 1) + 1
+        raise RecipeError(Problem(shown, line, col, "", f"not UTF-8 text (byte 0x{raw[exc.start]:02x}); save the "
+                                                        f"recipe as UTF-8")) from None
+
+
+def _recipe_keys() -> set[str]:
+    from hemaflow.core.schema import base_schema
+
+    return set(base_schema()["properties"])
+
+
+def read_source(path: Path) -> Source:
+    """Read and parse one recipe file (no ``extends``); raise RecipeError.
+
+    A file that does not look like a recipe (malformed YAML in a file not named ``.yaml``/``.yml``,
+    a top level that is not a mapping, mostly unknown top-level keys) gives one "not a hemaflow
+    recipe" problem that never quotes the file (``extends: /etc/shadow`` must not print it).
+    """
+    shown = display_path(path)
+    text = _read_text(path, shown)
+    yaml_file = path.suffix.lower() in RECIPE_SUFFIXES
+    try:
+        src, problems = _parse(text, shown)
+    except RecipeError as exc:
+        if yaml_file:
+            raise
+        p = exc.problems[0]
+        raise _not_a_recipe(shown, f"not valid YAML (and not a {'/'.join(RECIPE_SUFFIXES)} file)", p.line,
+                            p.col) from None
+    if src.data is None:
+        src.data = {}
+    data = src.data
+    if not isinstance(data, dict):
+        kind = {str: "text", list: "a list"}.get(type(data), type(data).__name__)
+        raise _not_a_recipe(shown, f"the top level is {kind}, not a mapping of recipe keys "
+                                   f"({', '.join(sorted(_recipe_keys()))})", 1, 1)
+    known = _recipe_keys()
+    unknown = [k for k in data if k not in known]
+    if unknown and (len(unknown) == len(data) and (len(unknown) > 1 or not yaml_file)
+                    or len(unknown) >= 3 and len(unknown) > len(data) - len(unknown)):
+        raise _not_a_recipe(shown, f"{len(unknown)} of its {len(data)} top-level keys are not recipe keys "
+                                   f"({', '.join(sorted(known))})", 1, 1)
+    if problems:
+        raise RecipeError(problems)
     return src
 
 
@@ -208,6 +448,7 @@ class Recipe:
     origins: dict[str, Origin] = field(default_factory=dict)
     key_origins: dict[str, Origin] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # e.g. a parent's with: dropped because uses: changed
 
     @property
     def name(self) -> str:
@@ -243,7 +484,11 @@ def _merge(base: Any, over: Any, ptr: str, origins: dict[str, Origin], key_origi
                 out.pop(k, None)
                 _forget(origins, key_origins, child)
                 continue
-            out[k] = _merge(base.get(k), v, child, origins, key_origins, src, set_origin)
+            if isinstance(v, Replace):  # key: !reset VALUE: the inherited value goes, VALUE as a whole
+                _forget(origins, key_origins, child)
+                out[k] = _merge(None, v.value, child, origins, key_origins, src, set_origin)
+            else:
+                out[k] = _merge(base.get(k), v, child, origins, key_origins, src, set_origin)
             if src is not None and child in src.keys:
                 key_origins[child] = src.keys[child]
         if src is not None and ptr in src.values:
@@ -275,6 +520,47 @@ def _forget(origins: dict[str, Origin], key_origins: dict[str, Origin], ptr: str
             d.pop(p, None)
 
 
+def _drop_replaced_with(base: dict[str, Any], over: dict[str, Any], recipe: Recipe,
+                        uses_origin: Callable[[str], Any], keep_over: bool) -> None:
+    """Where ``over`` changes a step's ``uses:``, drop ``base``'s ``with:`` for that step: it held
+    the parameters of another component. Records a note for ``resolve --origins``.
+
+    ``uses_origin(pointer)`` says where the new ``uses:`` comes from. With ``keep_over``, the
+    origins of ``with:`` keys that ``over`` itself gives are kept (they are already recorded).
+    """
+    bsteps, osteps = base.get("steps"), over.get("steps")
+    if not isinstance(bsteps, dict) or not isinstance(osteps, dict):
+        return
+    for sid, ostep in osteps.items():
+        bstep = bsteps.get(sid)
+        if not isinstance(ostep, dict) or not isinstance(bstep, dict) or "with" not in bstep:
+            continue
+        new = ostep.get("uses")
+        new = new.value if isinstance(new, Replace) else new
+        old = bstep.get("uses")
+        if new is None or new is RESET or new == old:
+            continue
+        ptr = pointer("steps", sid, "with")
+        came = recipe.locate(ptr)
+        owith = ostep.get("with")
+        keep = set(_flat_pointers(owith, ptr)[1:]) if keep_over and isinstance(owith, dict) else set()
+        for d in (recipe.origins, recipe.key_origins):
+            for p in [ptr, *_descendants(d, ptr)]:
+                if p not in keep:
+                    d.pop(p, None)
+        base["steps"] = bsteps = dict(bsteps)
+        bsteps[sid] = {k: v for k, v in bstep.items() if k != "with"}
+        recipe.notes.append(f"{ptr}: dropped the with: of {old!r} from {came}, because "
+                            f"{uses_origin(pointer('steps', sid, 'uses'))} changes uses to {new!r}")
+
+
+def _short_chain(paths: list[Path]) -> str:
+    shown = [display_path(p) for p in paths]
+    if len(shown) > 6:
+        shown = [*shown[:3], f"... ({len(shown) - 5} more)", *shown[-2:]]
+    return " -> ".join(shown)
+
+
 def _load_with_extends(path: Path, stack: list[Path], recipe: Recipe) -> dict[str, Any]:
     rpath = path.resolve()
     if rpath in stack:
@@ -293,13 +579,27 @@ def _load_with_extends(path: Path, stack: list[Path], recipe: Recipe) -> dict[st
                                       "must be a path or a list of paths (relative to this recipe)"))
         for i, parent in enumerate(plist):
             ppath = (path.parent / parent)
-            if not ppath.exists():
-                o = src.values.get("/extends" if isinstance(parents, str) else f"/extends/{i}", Origin(src.path))
+            o = src.values.get("/extends" if isinstance(parents, str) else f"/extends/{i}", Origin(src.path))
+            try:
+                found = ppath.exists()
+            except (OSError, ValueError):  # a NUL in the name, a name too long
+                found = False
+            if not found:
                 raise RecipeError(Problem(src.path, o.line, o.col, "/extends",
                                           f"extended recipe {parent!r} not found (looked for {display_path(ppath)})"))
+            if len(stack) + 1 >= MAX_EXTENDS_DEPTH:
+                raise RecipeError(Problem(src.path, o.line, o.col, "/extends",
+                                          f"extends chain deeper than {MAX_EXTENDS_DEPTH} recipes: "
+                                          f"{_short_chain([*stack, rpath, ppath])}"))
+            if len(recipe.files) >= MAX_EXTENDS_FILES:
+                raise RecipeError(Problem(src.path, o.line, o.col, "/extends",
+                                          f"extends reads more than {MAX_EXTENDS_FILES} recipe files (the same parents "
+                                          f"extended many times over?)"))
             parent_data = _load_with_extends(ppath, [*stack, rpath], recipe)
+            _drop_replaced_with(merged, parent_data, recipe, recipe.origins.get, keep_over=True)
             merged = _merge(merged, parent_data, "", recipe.origins, recipe.key_origins, None)
     own = {k: v for k, v in data.items() if k != "extends"}
+    _drop_replaced_with(merged, own, recipe, src.values.get, keep_over=False)
     # re-apply this file's locations for everything it defines
     return _merge_source(merged, own, src, recipe)
 
@@ -309,7 +609,7 @@ def _merge_source(merged: dict[str, Any], own: dict[str, Any], src: Source, reci
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """Parse ``KEY=VALUE`` (dotted key, YAML value)."""
+    """Parse ``KEY=VALUE`` (dotted key, YAML value: the same parser and limits as a recipe file)."""
     if "=" not in text:
         raise UsageError(f"--set {text!r}: expected KEY=VALUE, e.g. --set steps.mil.with.epochs=3")
     key, _, raw = text.partition("=")
@@ -317,12 +617,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not key or any(not part for part in key.split(".")):
         raise UsageError(f"--set {text!r}: the key must be a dotted path like steps.mil.with.epochs")
     try:
-        value = yaml.load(raw, Loader=_Loader) if raw.strip() else None
-    except yaml.YAMLError as exc:
-        raise UsageError(f"--set {text!r}: the value is not valid YAML ({exc})") from None
-    if value is RESET and _reset_has_value(yaml.compose(raw, Loader=_Loader)):
-        raise UsageError(f"--set {text!r}: {_RESET_TAKES_NO_VALUE}")
-    return key.split("."), value
+        src, problems = _parse(raw, "--set")
+    except RecipeError as exc:
+        p = exc.problems[0]
+        where = f" at column {p.col}" if p.line == 1 else f" at line {p.line}" if p.line else ""
+        raise UsageError(f"--set {text!r}: the value is not valid YAML{where}: {p.message}") from None
+    if problems:
+        raise UsageError(f"--set {text!r}: {problems[0].message}")
+    return key.split("."), src.data
 
 
 def apply_override(recipe: Recipe, text: str) -> None:
@@ -338,6 +640,9 @@ def apply_override(recipe: Recipe, text: str) -> None:
             node.pop(parts[-1], None)
         _forget(recipe.origins, recipe.key_origins, pointer(*parts))
         return
+    replace = isinstance(value, Replace)  # KEY=!reset VALUE: set VALUE as a whole, no merge
+    if replace:
+        value = value.value
     for part in parts[:-1]:
         ptr += "/" + escape(part)
         if not isinstance(node.get(part), dict):
@@ -349,9 +654,11 @@ def apply_override(recipe: Recipe, text: str) -> None:
     last = parts[-1]
     ptr += "/" + escape(last)
     old = node.get(last)
+    if replace:
+        _forget(recipe.origins, recipe.key_origins, ptr)
     node[last] = _merge(old, value, ptr, recipe.origins, recipe.key_origins, None, origin) \
-        if isinstance(old, dict) and isinstance(value, dict) else _merge(None, value, ptr, recipe.origins,
-                                                                         recipe.key_origins, None, origin)
+        if isinstance(old, dict) and isinstance(value, dict) and not replace \
+        else _merge(None, value, ptr, recipe.origins, recipe.key_origins, None, origin)
     if isinstance(value, dict):
         for p in _flat_pointers(value, ptr):
             recipe.origins.setdefault(p, origin)
@@ -377,6 +684,11 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     path = Path(path)
     recipe = Recipe(path=path, data={})
     recipe.data = _load_with_extends(path, [], recipe)
+    for text in overrides:  # a --set that changes a step's uses: drops the files' with: for it first
+        parts, value = parse_override(text)
+        for part in reversed(parts):
+            value = {part: value}
+        _drop_replaced_with(recipe.data, value, recipe, lambda p, _t=text: f"--set {_t}", keep_over=False)
     for text in overrides:
         apply_override(recipe, text)
     return recipe

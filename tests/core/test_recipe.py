@@ -152,11 +152,61 @@ def test_reset_misuse_is_reported_with_its_location(tmp_path, monkeypatch):
     write(tmp_path / "r.yaml", "name: r\nseed: !reset 5\n!reset : 1\nsteps: !reset {a: 1}\nwith: !reset {}\n")
     with pytest.raises(RecipeError) as exc:
         load_recipe("r.yaml")
-    assert problems(exc) == [
-        "r.yaml:2:7: /seed: !reset removes the key and takes no value; write the value without !reset to set it",
-        "r.yaml:3:1: /: !reset goes after a key (key: !reset), not in place of one",
-        "r.yaml:4:8: /steps: !reset removes the key and takes no value; write the value without !reset to set it",
-    ]
+    assert problems(exc) == ["r.yaml:3:1: /: !reset goes after a key (key: !reset), not in place of one"]
+
+
+def test_reset_with_a_value_replaces_instead_of_merging(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "base.yaml", """
+        name: base
+        seed: 1
+        steps:
+          seg: {uses: classical, with: {min_area: 10, max_area: 99}}
+          mil: {uses: mean_mil, with: {epochs: 3, lr: 0.1}}
+    """)
+    write(tmp_path / "child.yaml", """
+        extends: base.yaml
+        seed: !reset 7
+        steps:
+          seg: {with: !reset {min_area: 20}}
+          mil: {with: {epochs: !reset, lr: !reset}, inputs: {a: !reset, b: x}}
+    """)
+    r = load_recipe("child.yaml", ["steps.mil.with=!reset {hidden: 4}"])
+    assert r.data["seed"] == 7
+    assert r.data["steps"]["seg"]["with"] == {"min_area": 20}
+    assert r.data["steps"]["mil"]["with"] == {"hidden": 4}
+    assert r.data["steps"]["mil"]["inputs"] == {"b": "x"}  # `!reset` complete in flow style: {a: !reset}
+    assert str(r.origins["/steps/seg/with/min_area"]) == "child.yaml:4:33"
+    assert "/steps/seg/with/max_area" not in r.origins
+    assert str(r.origins["/steps/mil/with/hidden"]) == "--set steps.mil.with=!reset {hidden: 4}"
+
+
+def test_changing_uses_drops_the_parents_with(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path / "base.yaml", """
+        name: base
+        steps:
+          seg: {uses: classical, with: {min_area: 10}, inputs: {images: data}}
+          same: {uses: classical, with: {min_area: 10}}
+    """)
+    write(tmp_path / "child.yaml", """
+        extends: base.yaml
+        steps:
+          seg: {uses: deeplabv3, with: {epochs: 2}}
+          same: {uses: classical, with: {max_area: 5}}
+    """)
+    r = load_recipe("child.yaml")
+    assert r.data["steps"]["seg"] == {"uses": "deeplabv3", "with": {"epochs": 2}, "inputs": {"images": "data"}}
+    assert r.data["steps"]["same"]["with"] == {"min_area": 10, "max_area": 5}  # same uses: merged as before
+    assert r.notes == ["/steps/seg/with: dropped the with: of 'classical' from base.yaml:3:32, because "
+                       "child.yaml:3:15 changes uses to 'deeplabv3'"]
+    assert str(r.origins["/steps/seg/with/epochs"]) == "child.yaml:3:41"
+    assert "/steps/seg/with/min_area" not in r.origins
+    # --set does the same, whatever the order of the overrides
+    r = load_recipe("base.yaml", ["steps.seg.with.epochs=3", "steps.seg.uses=deeplabv3"])
+    assert r.data["steps"]["seg"]["with"] == {"epochs": 3}
+    assert r.notes == ["/steps/seg/with: dropped the with: of 'classical' from base.yaml:3:32, because "
+                       "--set steps.seg.uses=deeplabv3 changes uses to 'deeplabv3'"]
 
 
 def test_override_errors(tmp_path):
@@ -168,9 +218,8 @@ def test_override_errors(tmp_path):
         load_recipe(tmp_path / "r.yaml", ["seed.x=1"])
     assert str(exc.value) == "--set 'seed.x=1': seed is not a mapping"
     with pytest.raises(UsageError) as exc:
-        load_recipe(tmp_path / "r.yaml", ["seed=!reset 5"])
-    assert str(exc.value) == ("--set 'seed=!reset 5': !reset removes the key and takes no value; write the value "
-                              "without !reset to set it")
+        load_recipe(tmp_path / "r.yaml", ["seed=[1, !reset]"])
+    assert str(exc.value) == "--set 'seed=[1, !reset]': !reset removes a key; it cannot be a list item"
 
 
 def test_recipes_cannot_construct_python_objects(tmp_path, monkeypatch):
