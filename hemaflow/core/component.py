@@ -129,6 +129,10 @@ class Executor(Component):
                 progress(1)
         return out
 
+    def close(self) -> None:
+        """Release what the executor holds (a cluster, a connection); the runner calls it when
+        the steps are done. A later ``map`` may start again."""
+
 
 class RunContext:
     """What a step's ``run`` gets besides its inputs.

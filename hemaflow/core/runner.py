@@ -355,6 +355,8 @@ class Runner:
                     self._print(f"  [green]✓[/green] {spec.id:<14} {spec.uses:<20} {how}  {outs}{warn}")
         except (StepError, KeyboardInterrupt) as exc:
             failure = exc
+        finally:
+            self.executor.close()
         seconds = time.perf_counter() - t0
         try:
             metrics = self._write_outputs(run_dir, results, started, seconds, failure)

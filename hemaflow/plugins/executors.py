@@ -1,10 +1,15 @@
-"""Executors: how ``ctx.map`` runs a function over items (serial or a process pool).
+"""Executors: how ``ctx.map`` runs a function over items (serial, a process pool, or Dask).
 
 The process pool is :class:`concurrent.futures.ProcessPoolExecutor`, not
 ``multiprocessing.Pool``: when a worker dies (SIGKILL, the out-of-memory killer) a ``Pool``
 never returns the lost task and the run hangs forever, while a ``ProcessPoolExecutor`` marks
 itself broken and every pending result raises ``BrokenProcessPool``, which becomes a
 :class:`~hemaflow.core.errors.WorkerDiedError` naming the item and the cause.
+
+The ``dask`` executor runs the same maps on a ``dask.distributed`` cluster: a
+``LocalCluster`` of worker processes started on first use, or an existing scheduler
+(``address:``), e.g. one that dask-jobqueue started on SLURM. ``dask`` is imported only
+when such an executor maps something.
 """
 
 from __future__ import annotations
@@ -12,13 +17,14 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import uuid
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from hemaflow.core.component import Executor, cpu_count
-from hemaflow.core.errors import WorkerDiedError
+from hemaflow.core.errors import HemaflowError, WorkerDiedError
 from hemaflow.core.markers import hookimpl
 
 # Per-item bookkeeping shared with the workers (set by _worker_init in each worker): the pid
@@ -158,7 +164,167 @@ class ProcessExecutor(Executor):
                                _cause(codes.get(started[i])))
 
 
+def _run_chunk(fn: Callable, chunk: list) -> list:
+    """A dask task: ``fn`` over a chunk of items, single-threaded inside like a pool worker."""
+    import sys
+
+    if "torch" in sys.modules and sys.modules["torch"].get_num_threads() != 1:
+        sys.modules["torch"].set_num_threads(1)
+    return [fn(item) for item in chunk]
+
+
+def _run_marked(fn: Callable, item: Any, key: list[str]) -> list:
+    """A retried item: first tell the scheduler it started (a synchronous call), so a worker
+    that dies now is known to have died on this item, not on one queued before it."""
+    from distributed import get_client
+
+    get_client().set_metadata(key, True)
+    return _run_chunk(fn, [item])
+
+
+class DaskExecutor(Executor):
+    """Runs items on a ``dask.distributed`` cluster; results come back in item order.
+
+    Without ``address`` a ``LocalCluster`` of ``workers`` processes (one thread each) is started
+    on the first map and kept for the rest of the run; with ``address`` (``tcp://host:8786``)
+    the maps go to that scheduler's workers, which need hemaflow installed and the cache
+    directory on a shared file system. Items are submitted in chunks of ``chunksize`` (0: about
+    four chunks per worker, at most 64 items each). A chunk whose worker died (killed, out of
+    memory) is retried once, item by item; an item whose worker dies again fails the map with
+    :class:`~hemaflow.core.errors.WorkerDiedError` naming it. An exception raised by an item
+    propagates unchanged, as with ``serial``. The executor is not part of any cache key.
+
+    Example::
+
+        executor: {uses: dask, with: {workers: 4}}
+    """
+
+    name = "dask"
+    schema = {
+        "type": "object",
+        "properties": {
+            "address": {"type": ["string", "null"], "minLength": 1, "default": None,
+                        "description": "scheduler address of an existing cluster (tcp://host:8786); "
+                                       "none: start a local cluster"},
+            "workers": {"type": "integer", "minimum": 0, "default": 0,
+                        "description": "worker processes of the local cluster; 0 means one per CPU"},
+            "chunksize": {"type": "integer", "minimum": 0, "default": 0,
+                          "description": "items per task; 0 chooses about four tasks per worker"},
+            "timeout": {"type": "number", "exclusiveMinimum": 0, "default": 30,
+                        "description": "seconds to wait for the scheduler to answer"},
+        },
+        "additionalProperties": False,
+    }
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__(**params)
+        self._client: Any = None
+        self._cluster: Any = None
+
+    # -- the cluster -------------------------------------------------------------------------
+    def client(self) -> Any:
+        """The ``distributed.Client`` of this executor, connecting (or starting a cluster) once."""
+        if self._client is not None:
+            return self._client
+        import logging
+
+        import dask
+        from distributed import Client, LocalCluster
+
+        address = self.params.get("address")
+        timeout = f"{self.params.get('timeout', 30)}s"
+        if address:
+            try:
+                self._client = Client(address, timeout=timeout, set_as_default=False)
+            except (OSError, TimeoutError) as exc:
+                raise HemaflowError(f"dask executor: cannot reach the scheduler at {address}: {exc}") from exc
+            return self._client
+        workers = self.params.get("workers") or cpu_count()
+        # the scheduler gives up on a task at the first worker that dies under it: this executor
+        # retries such a chunk itself, item by item, to name the item that kills its worker
+        with dask.config.set({"distributed.scheduler.allowed-failures": 0,
+                              "distributed.worker.daemon": False}):
+            # no dashboard; the scheduler's small HTTP server on a free port of this machine only
+            self._cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                                         host="127.0.0.1", dashboard_address=":0",
+                                         scheduler_kwargs={"dashboard": False}, silence_logs=logging.CRITICAL)
+            self._client = Client(self._cluster, timeout=timeout, set_as_default=False)
+        return self._client
+
+    def close(self) -> None:
+        """Disconnect, and stop the local cluster if this executor started one."""
+        client, cluster, self._client, self._cluster = self._client, self._cluster, None, None
+        if client is not None:
+            client.close()
+        if cluster is not None:
+            cluster.close()
+
+    def __del__(self) -> None:  # a Runner dropped without close() must not leave workers behind
+        try:
+            self.close()
+        except Exception:  # pragma: no cover - interpreter shutdown
+            pass
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"params": self.params}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(**state["params"])
+
+    # -- mapping -----------------------------------------------------------------------------
+    def _chunks(self, n: int, workers: int) -> list[range]:
+        size = self.params.get("chunksize") or max(1, min(64, -(-n // (4 * max(workers, 1)))))
+        return [range(i, min(i + size, n)) for i in range(0, n, size)]
+
+    def map(self, fn: Callable, items: Iterable, *, progress: Callable | None = None) -> list[Any]:
+        items = list(items)
+        if not items:
+            return []
+        if not self.params.get("address") and (len(items) <= 1 or (self.params.get("workers") or cpu_count()) <= 1):
+            return super().map(fn, items, progress=progress)
+        from distributed import KilledWorker, as_completed
+        from distributed.comm.core import CommClosedError
+
+        lost = (KilledWorker, CommClosedError)
+        client = self.client()
+        workers = max(1, len(client.scheduler_info(n_workers=-1).get("workers", {}))) if self.params.get("address") \
+            else (self.params.get("workers") or cpu_count())
+        out: list[Any] = [None] * len(items)
+        token = f"hemaflow-started-{uuid.uuid4().hex}"  # scheduler metadata: retried items that started
+        pending: dict[Any, tuple[range, bool]] = {}
+        for chunk in self._chunks(len(items), workers):
+            fut = client.submit(_run_chunk, fn, [items[i] for i in chunk], pure=False)
+            pending[fut] = (chunk, False)
+        queue = as_completed(list(pending), loop=client.loop)
+        try:
+            for fut in queue:
+                chunk, retried = pending.pop(fut)
+                try:
+                    results = fut.result()
+                except lost as exc:
+                    i = chunk[0]
+                    if retried and client.get_metadata([token, str(i)], default=False):
+                        raise WorkerDiedError(f"item {i + 1} of {len(items)} ({describe_item(items[i])})",
+                                              "a dask worker died on it twice: killed, likely out of memory") from exc
+                    # the retry: one task per item, to find the one that kills; an item that had
+                    # not started when its worker died (it was queued there) is simply resubmitted
+                    for i in chunk:
+                        again = client.submit(_run_marked, fn, items[i], [token, str(i)], pure=False)
+                        pending[again] = (range(i, i + 1), True)
+                        queue.add(again)
+                    continue
+                for i, result in zip(chunk, results):
+                    out[i] = result
+                if progress is not None:
+                    progress(len(chunk))
+        except BaseException:
+            client.cancel(list(pending), force=True)
+            raise
+        return out
+
+
 @hookimpl
 def register_executors(register: Any) -> None:
     register(SerialExecutor)
     register(ProcessExecutor)
+    register(DaskExecutor)
