@@ -1,9 +1,25 @@
-"""Content-addressed step cache with atomic entries.
+"""Content-addressed step cache with atomic, self-checking entries.
 
-Layout: ``<root>/steps/<key[:2]>/<key>/`` holding the step's output artifacts, its report
-items (``_report/``) and ``step.json``. An entry is written in ``<root>/tmp/`` and renamed into
-place only after the step finished, so a killed run never leaves a corrupt entry; the next run
-simply recomputes what is missing.
+Layout under the root::
+
+    steps/<key[:2]>/<key>/   a finished step: its output artifacts, report items (``_report/``),
+                             ``outputs.json`` and ``step.json``
+    tmp/<key>-<pid>-<host>-<random>/   a step being computed (renamed into ``steps/`` when done)
+    locks/<key>.lock         one lock per key: a run computing a step holds it
+    hashes.json              digests of big input files (:mod:`hemaflow.core.filehash`)
+
+An entry is written in ``tmp/`` and renamed into place only after the step finished, so a killed
+run never leaves half an entry. ``step.json`` holds a content manifest of the entry (every file's
+relative path, size and SHA-256) and the SHA-256 of its own content. :meth:`StepCache.lookup` checks
+an entry cheaply before it is used: ``step.json`` parses and matches its hash, exactly the
+listed files exist (no links, nothing extra), sizes match, and a file whose ``mtime``/inode moved
+since the commit (``.stamps.json``) is hashed again. :meth:`StepCache.verify` hashes everything
+(``hemaflow cache verify``). A damaged entry raises :class:`EntryDamaged`; the runner discards it
+and computes the step again. Paths in ``outputs.json`` are confined to the entry.
+
+Concurrent runs sharing the root take the key's lock (:meth:`StepCache.lock`) before computing a
+step, so the second waits for the first and then uses its entry. The lock is an OS file lock
+(``filelock``): the kernel drops it when its holder dies, so a lock of a killed run is never stale.
 
 The root is ``$HEMAFLOW_CACHE_DIR`` when set, else ``$XDG_CACHE_HOME/hemaflow`` (default
 ``~/.cache/hemaflow``).
@@ -11,13 +27,30 @@ The root is ``$HEMAFLOW_CACHE_DIR`` when set, else ``$XDG_CACHE_HOME/hemaflow`` 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
+import socket
+import time
 import uuid
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, Callable, Iterator
+
+from hemaflow.core import atomic
+from hemaflow.core.filehash import sha256_stream
+
+MANIFEST_VERSION = 1
+STEP_JSON = "step.json"
+STAMPS = ".stamps.json"
+ORPHAN_AGE_S = 24 * 3600
+"""A work directory in ``tmp/`` older than this whose key is not locked is an orphan."""
+
+_KEY = re.compile(r"^[0-9a-f]{64}$")
+_TMP = re.compile(r"^(?P<key>[0-9a-f]{16,64})-(?P<pid>\d+)-(?:(?P<host>[0-9a-f]{8})-)?(?:trash-)?[0-9a-f]{8}$")
 
 
 def default_cache_dir() -> Path:
@@ -37,39 +70,426 @@ def cache_key(payload: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` exists on this machine."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+class EntryDamaged(Exception):
+    """A cache entry failed its integrity check; the message says which file and how."""
+
+
+def safe_relpath(text: Any) -> str | None:
+    """``text`` as a relative POSIX path that stays inside its folder, else None."""
+    if not isinstance(text, str) or not text or "\\" in text or "\0" in text:
+        return None
+    p = PurePosixPath(text)
+    if p.is_absolute() or not p.parts or ".." in p.parts:
+        return None
+    return p.as_posix()
+
+
+@dataclass
+class EntryInfo:
+    """One finished entry, for ``hemaflow cache ls`` and ``prune``."""
+
+    key: str
+    path: Path
+    info: dict[str, Any] | None  # step.json, None if unreadable
+    size: int  # bytes on disk
+    last_used: float  # epoch seconds (entry folder mtime: set at commit and on every cache hit)
+
+
+def _walk_files(root: Path) -> tuple[dict[str, os.stat_result], list[str]]:
+    """Regular files below ``root`` by relative path, and the paths of anything else (links...)."""
+    files: dict[str, os.stat_result] = {}
+    odd: list[str] = []
+    stack = [(root, "")]
+    while stack:
+        folder, prefix = stack.pop()
+        with os.scandir(folder) as it:
+            for e in it:
+                rel = prefix + e.name
+                if e.is_symlink():
+                    odd.append(rel)
+                elif e.is_dir(follow_symlinks=False):
+                    stack.append((Path(e.path), rel + "/"))
+                elif e.is_file(follow_symlinks=False):
+                    files[rel] = e.stat(follow_symlinks=False)
+                else:
+                    odd.append(rel)
+    return files, odd
+
+
+def _stamp(st: os.stat_result) -> list[int]:
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def build_manifest(workdir: Path) -> tuple[list[list[Any]], dict[str, list[int]]]:
+    """The content manifest ``[[relative path, size, sha256], ...]`` of a work directory (sorted),
+    and the stat stamps of its files."""
+    files, odd = _walk_files(workdir)
+    if odd:
+        raise ValueError(f"the step's outputs hold {odd[0]!r}, which is not a regular file (links are not allowed)")
+    rows, stamps = [], {}
+    for rel in sorted(files):
+        if rel in (STEP_JSON, STAMPS):
+            continue
+        st = files[rel]
+        rows.append([rel, st.st_size, sha256_stream(workdir / rel)])
+        stamps[rel] = _stamp(st)
+    return rows, stamps
+
+
+def info_hash(info: dict[str, Any]) -> str:
+    """SHA-256 of ``step.json``'s content without its own ``sha256`` field (canonical JSON)."""
+    return hashlib.sha256(canonical_json({k: v for k, v in info.items() if k != "sha256"}).encode()).hexdigest()
+
+
 class StepCache:
-    """The cache directory."""
+    """The cache directory (see the module docstring)."""
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
 
+    # -- entries -------------------------------------------------------------------------------
     def entry(self, key: str) -> Path:
         return self.root / "steps" / key[:2] / key
 
     def lookup(self, key: str) -> Path | None:
-        """Return the finished entry for ``key`` or None."""
-        path = self.entry(key)
-        return path if (path / "step.json").exists() else None
+        """Return the finished, checked entry for ``key``, or None when there is none.
 
+        Raises:
+            EntryDamaged: the entry exists but failed the cheap check (see the module docstring).
+        """
+        found = self.lookup_info(key)
+        return None if found is None else found[0]
+
+    def lookup_info(self, key: str) -> tuple[Path, dict[str, Any]] | None:
+        """Like :meth:`lookup`, returning the entry and its ``step.json``."""
+        path = self.entry(key)
+        if not os.path.lexists(path):
+            return None
+        if path.is_symlink() or not path.is_dir():
+            raise EntryDamaged("the entry is not a folder")
+        info = self.check(key, full=False)
+        with contextlib.suppress(OSError):
+            os.utime(path)  # last use, for `hemaflow cache prune`
+        return path, info
+
+    def read_info(self, key: str) -> dict[str, Any]:
+        """``step.json`` of the entry ``key``, checked for shape.
+
+        Raises:
+            EntryDamaged: missing, not JSON, of another key, or without a valid manifest.
+        """
+        path = self.entry(key) / STEP_JSON
+        try:
+            info = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise EntryDamaged("step.json is missing") from None
+        except (OSError, ValueError) as exc:
+            raise EntryDamaged(f"step.json is not readable JSON ({type(exc).__name__})") from None
+        if not isinstance(info, dict):
+            raise EntryDamaged("step.json is not a JSON object")
+        if info.get("key") != key:
+            raise EntryDamaged("step.json names another cache key")
+        rows = info.get("manifest")
+        if rows is None:
+            raise EntryDamaged("no content manifest (written by an older hemaflow)")
+        if not isinstance(rows, list) or info_hash(info) != info.get("sha256"):
+            raise EntryDamaged("step.json was edited (its content does not match its sha256)")
+        for row in rows:
+            ok = (isinstance(row, list) and len(row) == 3 and safe_relpath(row[0]) == row[0]
+                  and row[0] not in (STEP_JSON, STAMPS) and isinstance(row[1], int) and not isinstance(row[1], bool)
+                  and isinstance(row[2], str) and len(row[2]) == 64)
+            if not ok:
+                raise EntryDamaged(f"step.json's content manifest has a bad row {str(row)[:80]}")
+        return info
+
+    def check(self, key: str, *, full: bool = False) -> dict[str, Any]:
+        """Check the entry ``key`` and return its ``step.json``.
+
+        The cheap check (``full=False``) reads ``step.json`` and stats every file: the listed
+        files, and only they, exist with the recorded sizes; a file whose stamp (size, mtime,
+        inode) differs from the one recorded at commit is hashed. ``full=True`` hashes every file.
+
+        Raises:
+            EntryDamaged: naming the first problem found.
+        """
+        path = self.entry(key)
+        info = self.read_info(key)
+        try:
+            files, odd = _walk_files(path)
+        except OSError as exc:
+            raise EntryDamaged(f"cannot list the entry ({exc.strerror or exc})") from None
+        if odd:
+            raise EntryDamaged(f"{odd[0]} is not a regular file (a link or device)")
+        rows = info["manifest"]
+        listed = {r[0] for r in rows}
+        for rel in sorted(listed - set(files)):
+            raise EntryDamaged(f"{rel} is missing")
+        extra = sorted(set(files) - listed - {STEP_JSON, STAMPS})
+        if extra:
+            raise EntryDamaged(f"{extra[0]} is not part of the entry's manifest")
+        stamps: dict[str, Any] = {}
+        if not full:
+            with contextlib.suppress(OSError, ValueError):
+                loaded = json.loads((path / STAMPS).read_text())
+                stamps = loaded if isinstance(loaded, dict) else {}
+        refreshed = False
+        for rel, size, sha in rows:
+            st = files[rel]
+            if st.st_size != size:
+                raise EntryDamaged(f"{rel} has {st.st_size} bytes, expected {size} (truncated or edited)")
+            if full or stamps.get(rel) != _stamp(st):
+                try:
+                    digest = sha256_stream(path / rel)
+                except OSError as exc:
+                    raise EntryDamaged(f"{rel} cannot be read ({exc.strerror or exc})") from None
+                if digest != sha:
+                    raise EntryDamaged(f"{rel}: content changed since the step ran (sha256 differs)")
+                stamps[rel] = _stamp(st)
+                refreshed = True
+        self.outputs(key)
+        if refreshed:  # checked by content now: the next lookup needs only stat again
+            with contextlib.suppress(OSError):
+                atomic.write_text(path / STAMPS, json.dumps(stamps), fsync=False)
+        return info
+
+    def outputs(self, key: str) -> dict[str, tuple[str, Path]]:
+        """The entry's outputs as ``name -> (artifact type name, folder)``, each folder inside
+        the entry (or, for an input passed through unchanged, inside the upstream entry).
+
+        Raises:
+            EntryDamaged: ``outputs.json`` is not JSON, or a path leaves its entry.
+        """
+        path = self.entry(key)
+        try:
+            desc = json.loads((path / "outputs.json").read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise EntryDamaged("outputs.json is missing") from None
+        except (OSError, ValueError) as exc:
+            raise EntryDamaged(f"outputs.json is not readable JSON ({type(exc).__name__})") from None
+        if not isinstance(desc, dict):
+            raise EntryDamaged("outputs.json is not a JSON object")
+        out = {}
+        for name, d in desc.items():
+            if not isinstance(d, dict) or not isinstance(d.get("type"), str):
+                raise EntryDamaged(f"outputs.json: output {name!r} has no type")
+            rel = safe_relpath(d.get("path"))
+            if rel is None:
+                raise EntryDamaged(f"outputs.json: output {name!r} has path {str(d.get('path'))[:80]!r}, "
+                                   "which leaves the entry")
+            base = path
+            if "entry" in d:  # an input passed through unchanged lives in its own entry
+                other = d["entry"]
+                if not isinstance(other, str) or not _KEY.match(other) or other == key:
+                    raise EntryDamaged(f"outputs.json: output {name!r} names a bad entry {str(other)[:80]!r}")
+                try:
+                    self.check(other)
+                except EntryDamaged as exc:
+                    raise EntryDamaged(f"output {name!r} is passed through from entry {other[:12]}, which is "
+                                       f"damaged: {exc}") from None
+                base = self.entry(other)
+            out[name] = (d["type"], base / rel)
+        return out
+
+    def output_ref(self, workdir: Path, art_path: Path) -> dict[str, str]:
+        """How ``outputs.json`` refers to an artifact folder: relative to the step's work
+        directory, or to the finished entry of an input passed through unchanged.
+
+        Raises:
+            ValueError: the folder is in neither (outputs must live in the cache).
+        """
+        art = art_path.resolve()
+        try:
+            return {"path": art.relative_to(workdir.resolve()).as_posix()}
+        except ValueError:
+            pass
+        steps = (self.root / "steps").resolve()
+        try:
+            rel = art.relative_to(steps)
+        except ValueError:
+            raise ValueError(f"output folder {art_path} is outside the step's work directory") from None
+        if len(rel.parts) < 3 or not _KEY.match(rel.parts[1]):
+            raise ValueError(f"output folder {art_path} is not inside a cache entry")
+        return {"entry": rel.parts[1], "path": PurePosixPath(*rel.parts[2:]).as_posix()}
+
+    def remove(self, key: str) -> bool:
+        """Remove the entry ``key`` (moved out of ``steps/`` first, so no reader sees half of it)."""
+        path = self.entry(key)
+        if not path.exists():
+            return False
+        trash = self.root / "tmp" / f"{key}-{os.getpid()}-{_host_tag()}-trash-{uuid.uuid4().hex[:8]}"
+        trash.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(path, trash)
+        except OSError:
+            shutil.rmtree(path, ignore_errors=True)
+            return not path.exists()
+        shutil.rmtree(trash, ignore_errors=True)
+        return True
+
+    # -- writing -------------------------------------------------------------------------------
     def new_workdir(self, key: str) -> Path:
-        path = self.root / "tmp" / f"{key[:16]}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        path = self.root / "tmp" / f"{key}-{os.getpid()}-{_host_tag()}-{uuid.uuid4().hex[:8]}"
         path.mkdir(parents=True)
         return path
 
     def commit(self, key: str, workdir: Path, info: dict[str, Any]) -> Path:
-        """Atomically move a finished ``workdir`` into place as the entry for ``key``."""
-        tmp = workdir / "step.json.tmp"
-        tmp.write_text(json.dumps(info, indent=1, default=str))
-        os.replace(tmp, workdir / "step.json")
+        """Atomically move a finished ``workdir`` into place as the entry for ``key``, with its
+        content manifest in ``step.json``."""
         shutil.rmtree(workdir / "_scratch", ignore_errors=True)
+        rows, stamps = build_manifest(workdir)
+        info = json.loads(json.dumps(dict(info, key=key, manifest_version=MANIFEST_VERSION, manifest=rows),
+                                     default=str))  # as read back: the hash is over what lookup will see
+        info["sha256"] = info_hash(info)
+        atomic.write_text(workdir / STAMPS, json.dumps(stamps), fsync=False)
+        atomic.write_text(workdir / STEP_JSON, json.dumps(info, indent=1, default=str), fsync=False)
         final = self.entry(key)
         final.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.rename(workdir, final)
         except OSError:
-            # another run finished the same step first: keep theirs
+            # another run finished the same step first (and passed the lock's timeout): keep theirs
             shutil.rmtree(workdir, ignore_errors=True)
         return final
 
     def discard(self, workdir: Path) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
+
+    # -- concurrency ---------------------------------------------------------------------------
+    def lock_path(self, key: str) -> Path:
+        return self.root / "locks" / f"{key}.lock"
+
+    @contextlib.contextmanager
+    def lock(self, key: str, *, timeout: float | None = None,
+             on_wait: Callable[[str], None] | None = None) -> Iterator[bool]:
+        """Hold the lock of ``key`` while the block runs; yields True, or False when another run
+        held it for longer than ``timeout`` seconds (default ``$HEMAFLOW_CACHE_LOCK_TIMEOUT``,
+        else 3600): the caller then computes the step anyway (correct, only twice the work).
+
+        ``on_wait`` is called once with a message naming the holder when the lock is busy.
+        """
+        from filelock import FileLock, Timeout
+
+        if timeout is None:
+            try:
+                timeout = float(os.environ.get("HEMAFLOW_CACHE_LOCK_TIMEOUT", "3600"))
+            except ValueError:
+                timeout = 3600.0
+        path = self.lock_path(key)
+        lock = FileLock(str(path))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            lock.acquire(blocking=False)
+        except Timeout:  # (a TimeoutError, so an OSError: caught first)
+            if on_wait is not None:
+                on_wait(self._holder(path))
+            try:
+                lock.acquire(timeout=timeout, poll_interval=0.2)
+            except Timeout:
+                yield False
+                return
+        except OSError:  # cannot lock here (read-only cache...): go on unlocked, as before locks existed
+            yield True
+            return
+        try:
+            with contextlib.suppress(OSError):
+                path.with_suffix(".owner").write_text(f"{os.getpid()} {socket.gethostname()}")
+            yield True
+        finally:
+            lock.release()
+
+    @staticmethod
+    def _holder(path: Path) -> str:
+        try:
+            pid, host = path.with_suffix(".owner").read_text().split(" ", 1)
+            return f"pid {pid} on {host}"
+        except (OSError, ValueError):
+            return "another run"
+
+    def is_locked(self, key: str) -> bool:
+        from filelock import FileLock, Timeout
+
+        path = self.lock_path(key)
+        if not path.exists():
+            return False
+        lock = FileLock(str(path))
+        try:
+            lock.acquire(blocking=False)
+        except Timeout:
+            return True
+        lock.release()
+        return False
+
+    # -- housekeeping --------------------------------------------------------------------------
+    def orphans(self, max_age: float = ORPHAN_AGE_S) -> list[Path]:
+        """Folders in ``tmp/`` that no live run is writing: their process (on this machine) is
+        gone, or they are older than ``max_age`` seconds and their key is not locked."""
+        tmp = self.root / "tmp"
+        if not tmp.is_dir():
+            return []
+        me, now, out = _host_tag(), time.time(), []
+        for p in sorted(tmp.iterdir()):
+            m = _TMP.match(p.name)
+            here = bool(m) and m["host"] in (None, me)  # written on this machine (pids mean something)
+            if here and int(m["pid"]) == os.getpid():
+                continue
+            if here and not pid_alive(int(m["pid"])):
+                out.append(p)
+                continue
+            try:
+                old = now - p.lstat().st_mtime > max_age
+            except OSError:
+                continue
+            if old and not (m and len(m["key"]) == 64 and self.is_locked(m["key"])):
+                out.append(p)
+        return out
+
+    def clean_orphans(self, max_age: float = ORPHAN_AGE_S) -> list[Path]:
+        """Remove :meth:`orphans`; return what was removed."""
+        removed = []
+        for p in self.orphans(max_age):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                with contextlib.suppress(OSError):
+                    p.unlink()
+            if not p.exists():
+                removed.append(p)
+        return removed
+
+    def entries(self) -> Iterator[EntryInfo]:
+        """Every folder in ``steps/`` (finished or damaged), oldest use first is up to the caller."""
+        steps = self.root / "steps"
+        if not steps.is_dir():
+            return
+        for shard in sorted(steps.iterdir()):
+            if not shard.is_dir():
+                continue
+            for path in sorted(shard.iterdir()):
+                try:
+                    files = _walk_files(path)[0] if path.is_dir() and not path.is_symlink() else {}
+                    last_used = path.lstat().st_mtime
+                except OSError:
+                    continue
+                try:
+                    info = json.loads((path / STEP_JSON).read_text())
+                except (OSError, ValueError):
+                    info = None
+                yield EntryInfo(path.name, path, info if isinstance(info, dict) else None,
+                                sum(st.st_size for st in files.values()), last_used)

@@ -280,6 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     sc = sub.add_parser("schema", help="print the composed recipe JSON Schema")
     sc.set_defaults(func=cmd_schema)
+
+    from hemaflow.core import cache_cmd
+
+    cache_cmd.add_parser(sub)  # hemaflow cache ls|verify|prune|clear
     return p
 
 

@@ -104,8 +104,22 @@ class Component:
         """Return a hash of external data this component reads (data sets), else None.
 
         The hash is part of the cache key, so a changed file on disk invalidates the step.
+        Single local files named by a parameter need no code here: see :meth:`input_files`.
         """
         return None
+
+    def input_files(self) -> dict[str, Path]:
+        """Local files (or folders) this step reads that are not upstream artifacts, by the JSON
+        pointer of their parameter below ``with:`` (``{"/pretrained": Path("w.safetensors")}``).
+
+        The runner puts each one's content hash (SHA-256, memoized by stat signature, see
+        :mod:`hemaflow.core.filehash`) into the step's cache key in place of the path: new
+        weights under the same name recompute, the same weights under another name are reused.
+        The default lists every string parameter whose schema says ``"format": "path"`` (also
+        inside nested objects); override to add files a parameter names indirectly (e.g. a
+        shipped model name).
+        """
+        return {ptr: Path(value).expanduser() for ptr, value in path_params(self.schema, self.params)}
 
     def run(self, ctx: "RunContext", **inputs: Any) -> dict[str, Any]:
         """Do the work. Return a dict output name -> Artifact (keys as in ``outputs``)."""
@@ -237,6 +251,47 @@ class RunContext:
             return self.executor.map(fn, items)
         with self._progress_factory(description or self.step_id, len(items)) as advance:
             return self.executor.map(fn, items, progress=advance)
+
+
+def path_params(schema: dict[str, Any], params: Any, prefix: str = "") -> list[tuple[str, str]]:
+    """``(json pointer, value)`` of the non-empty string values of ``params`` whose schema
+    property has ``"format": "path"``, recursing into nested object properties."""
+    out: list[tuple[str, str]] = []
+    if not isinstance(schema, dict) or not isinstance(params, dict):
+        return out
+    for name, sub in (schema.get("properties") or {}).items():
+        if not isinstance(sub, dict) or name not in params:
+            continue
+        ptr = f"{prefix}/{name.replace('~', '~0').replace('/', '~1')}"
+        value = params[name]
+        if sub.get("format") == "path" and isinstance(value, str) and value:
+            out.append((ptr, value))
+        elif isinstance(value, dict):
+            out.extend(path_params(sub, value, ptr))
+    return out
+
+
+def key_params(comp: Component) -> tuple[dict[str, Any], dict[str, str | None]]:
+    """What of ``comp`` enters its step's cache key: its :meth:`~Component.cache_params`, with
+    the value of each :meth:`~Component.input_files` parameter replaced by ``"<file>"``, and the
+    files' content hashes by pointer (None for a file that does not exist; empty when the
+    component reads no such file, so its key is what it was before files were hashed)."""
+    from hemaflow.core.filehash import path_sha256
+
+    params = comp.cache_params()
+    files = {ptr: path_sha256(path) for ptr, path in sorted(comp.input_files().items())}
+    if files:
+        params = copy.deepcopy(params)
+        for ptr in files:
+            if not ptr.startswith("/"):
+                continue
+            *parents, last = [p.replace("~1", "/").replace("~0", "~") for p in ptr.split("/")[1:]]
+            node: Any = params
+            for name in parents:
+                node = node.get(name) if isinstance(node, dict) else None
+            if isinstance(node, dict) and last in node:
+                node[last] = "<file>"
+    return params, files
 
 
 def cpu_count() -> int:

@@ -29,8 +29,9 @@ import yaml
 from hemaflow import __version__
 from hemaflow.core import atomic
 from hemaflow.core.artifacts import Artifact, Metrics, Predictions
-from hemaflow.core.cache import StepCache, cache_key, default_cache_dir
-from hemaflow.core.component import RunContext
+from hemaflow.core import filehash
+from hemaflow.core.cache import EntryDamaged, StepCache, cache_key, default_cache_dir
+from hemaflow.core.component import RunContext, key_params
 from hemaflow.core.errors import HemaflowError, OutputError, StepError
 from hemaflow.core.plugins import Registry
 from hemaflow.core.report_items import ReportItems
@@ -145,6 +146,12 @@ def clean_run_dir(run_dir: Path) -> list[str]:
     return sorted(removed)
 
 
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
+
+
 def _git_commit(path: Path) -> str | None:
     try:
         res = subprocess.run(["git", "rev-parse", "HEAD"], cwd=path, capture_output=True, text=True, timeout=5)
@@ -179,6 +186,8 @@ class Runner:
         else:
             self._tmp_cache = Path(tempfile.mkdtemp(prefix="hemaflow-nocache-"))
             self.cache = StepCache(self._tmp_cache)
+        filehash.attach(self.cache.root if use_cache else None)  # digests of big weights files kept there
+        self._cache_warnings: dict[str, str] = {}  # step id -> why its damaged entry was recomputed
         data = resolved.data
         ex = dict(data.get("executor") or {"uses": "serial"})
         if executor:
@@ -220,25 +229,49 @@ class Runner:
     # -- steps -------------------------------------------------------------------------------
     def _key(self, spec: StepSpec, comp: Any, results: dict[str, StepResult]) -> tuple[str, str | None]:
         fp = comp.fingerprint()
+        params, files = key_params(comp)  # local files by content (a component without any: key unchanged)
         payload = {
             "component": spec.uses,
             "kind": spec.kind,
             "version": spec.cls.version,
-            "params": comp.cache_params(),
+            "params": params,
             "inputs": {name: [results[src].key, out] for name, (src, out) in sorted(spec.inputs.items())},
             "seed": self.seed,
             "fingerprint": fp,
         }
+        if files:
+            payload["files"] = files
         return cache_key(payload), fp
 
-    def _load_outputs(self, entry: Path) -> dict[str, Artifact]:
-        info = json.loads((entry / "outputs.json").read_text())
-        out = {}
-        for name, desc in info.items():
-            path = Path(desc["path"])
-            path = path if path.is_absolute() else entry / path
-            out[name] = self.registry.artifact_type(desc["type"]).load(path)
-        return out
+    def _load_outputs(self, key: str) -> dict[str, Artifact]:
+        return {name: self.registry.artifact_type(type_name).load(path)
+                for name, (type_name, path) in self.cache.outputs(key).items()}
+
+    def _cached(self, spec: StepSpec, key: str) -> StepResult | None:
+        """The step's finished entry if it passes the cache's check; a damaged one is removed,
+        with a warning, and the step computed again (never used, never an internal error)."""
+        try:
+            found = self.cache.lookup_info(key)
+            if found is None:
+                return None
+            entry, info = found
+            outputs = self._load_outputs(key)
+        except EntryDamaged as exc:
+            problem = str(exc)
+        except Exception as exc:  # an output that does not load is as damaged as a failed check
+            problem = f"an output does not load: {type(exc).__name__}: {exc}"
+        else:
+            warnings = info.get("warnings")
+            res = StepResult(spec.id, spec.uses, spec.kind, key, True, 0.0, entry, spec.params, outputs,
+                             [str(w) for w in warnings] if isinstance(warnings, list) else [])
+            res.fingerprint = info.get("fingerprint")  # type: ignore[attr-defined]
+            res.ran_seconds = info.get("seconds", 0.0)  # type: ignore[attr-defined]
+            return res
+        self.cache.remove(key)
+        msg = f"cache entry {key[:12]} was damaged ({problem[:300]}): discarded, the step is computed again"
+        self._cache_warnings[spec.id] = msg
+        self._print(f"  [yellow]warning:[/yellow] {_escape(spec.id)}: {_escape(msg)}")
+        return None
 
     def _run_step(self, spec: StepSpec, results: dict[str, StepResult]) -> StepResult:
         comp = spec.cls(**spec.params)
@@ -249,14 +282,18 @@ class Runner:
         except Exception as exc:
             raise StepError(spec.id, spec.uses, f"computing the data fingerprint failed: {exc}") from exc
         inputs = {name: results[src].outputs[out] for name, (src, out) in spec.inputs.items()}
-        hit = self.cache.lookup(key)
-        if hit is not None:
-            info = json.loads((hit / "step.json").read_text())
-            res = StepResult(spec.id, spec.uses, spec.kind, key, True, 0.0, hit, spec.params,
-                             self._load_outputs(hit), list(info.get("warnings", [])))
-            res.fingerprint = info.get("fingerprint")  # type: ignore[attr-defined]
-            res.ran_seconds = info.get("seconds", 0.0)  # type: ignore[attr-defined]
+        res = self._cached(spec, key)
+        if res is not None:
             return res
+        # one run computes a step at a time; a concurrent identical run waits, then uses its entry
+        with self.cache.lock(key, on_wait=lambda who: self._print(
+                f"  {_escape(spec.id)}: waiting for {_escape(who)}, which is computing this step")) as locked:
+            if not locked:
+                self._print(f"  [yellow]{_escape(spec.id)}: still locked after the lock timeout; computing it here "
+                            "too[/yellow]")
+            return self._cached(spec, key) or self._compute(spec, comp, key, fp, inputs)
+
+    def _compute(self, spec: StepSpec, comp: Any, key: str, fp: str | None, inputs: dict[str, Any]) -> StepResult:
         workdir = self.cache.new_workdir(key)
         ctx = RunContext(step_id=spec.id, workdir=workdir, seed=self.seed, device=self.device,
                          executor=self.executor, progress_factory=self._progress_task if self._progress else None,
@@ -281,12 +318,13 @@ class Runner:
             raise StepError(spec.id, spec.uses, f"{type(exc).__name__}: {exc}") from exc
         seconds = time.perf_counter() - t0
         outputs = self._check_outputs(spec, outputs, workdir)
-        info = {"component": spec.uses, "version": spec.cls.version, "params": spec.params, "key": key,
+        info = {"component": spec.uses, "step": spec.id, "version": spec.cls.version, "params": spec.params, "key": key,
                 "seconds": seconds, "warnings": ctx.warnings, "fingerprint": fp,
                 "finished": dt.datetime.now(dt.timezone.utc).isoformat()}
         entry = self.cache.commit(key, workdir, info)
+        damaged = self._cache_warnings.pop(spec.id, None)
         res = StepResult(spec.id, spec.uses, spec.kind, key, False, seconds, entry, spec.params,
-                         self._load_outputs(entry), list(ctx.warnings))
+                         self._load_outputs(key), [damaged] * bool(damaged) + list(ctx.warnings))
         res.fingerprint = fp  # type: ignore[attr-defined]
         res.ran_seconds = seconds  # type: ignore[attr-defined]
         return res
@@ -306,11 +344,11 @@ class Runner:
                 raise StepError(spec.id, spec.uses, f"output {name!r} is a {type(art).__name__}; expected {want.type_name}")
             if not (art.path / "meta.json").exists():
                 art.save()
-            try:
-                rel: str = str(art.path.resolve().relative_to(workdir.resolve()))
-            except ValueError:
-                rel = str(art.path.resolve())  # an input passed through unchanged (immutable entry)
-            desc[name] = {"type": art.type_name, "path": rel}
+            try:  # relative to the entry, or to the upstream entry of an input passed through unchanged
+                ref = self.cache.output_ref(workdir, art.path)
+            except ValueError as exc:
+                raise StepError(spec.id, spec.uses, f"output {name!r}: {exc}") from None
+            desc[name] = {"type": art.type_name, **ref}
         (workdir / "outputs.json").write_text(json.dumps(desc, indent=1))
         return outputs
 
@@ -324,6 +362,9 @@ class Runner:
         t0 = time.perf_counter()
         results: dict[str, StepResult] = {}
         failure: BaseException | None = None
+        if self.use_cache:
+            with contextlib.suppress(OSError):  # work folders of killed runs (a read-only cache: not ours to clean)
+                self.cache.clean_orphans()
         try:
             clean_run_dir(run_dir)
             atomic.write_text(run_dir / "recipe.resolved.yaml",

@@ -262,26 +262,17 @@ def timm_model_problem(name: str) -> str | None:
 
 
 HEAD_PREFIXES = ("dino_head.", "ibot_head.")  # DINO/iBOT projection heads of a self-supervised checkpoint
-_SHA_MEMO: dict[tuple[str, int, int], str] = {}
 
 
 def weights_sha256(path: str | Path) -> str:
     """SHA-256 of a weights file's content (streamed in 8 MiB blocks: a ViT-G file is 4.5 GB),
-    remembered per (path, size, mtime) within the process. Part of the cache key of every step
-    that loads the file, so new weights at the same path recompute, and the same weights are
-    recognised under any name."""
-    import hashlib
+    remembered per stat signature within the process and in the cache directory
+    (:func:`hemaflow.core.filehash.file_sha256`). Part of the cache key of every step that loads
+    the file, so new weights at the same path recompute, and the same weights are recognised
+    under any name."""
+    from hemaflow.core.filehash import file_sha256
 
-    path = Path(path).expanduser().resolve()
-    st = path.stat()
-    key = (str(path), st.st_size, st.st_mtime_ns)
-    if key not in _SHA_MEMO:
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(8 << 20), b""):
-                h.update(block)
-        _SHA_MEMO[key] = h.hexdigest()
-    return _SHA_MEMO[key]
+    return file_sha256(Path(path).expanduser().resolve())
 
 
 def checkpoint_file(checkpoint: str | Path) -> Path:

@@ -217,7 +217,7 @@ def training_image_ids(images: Any, split: Any, fold: int) -> tuple[list[str], s
 
 # -- components ---------------------------------------------------------------------------------
 COMMON = {
-    "reference": {"type": ["string", "null"], "default": None,
+    "reference": {"type": ["string", "null"], "default": None, "format": "path",
                   "description": "reference image path; null: chosen automatically among the training images"},
     "reference_candidates": {"type": "integer", "minimum": 1, "maximum": 10000, "default": 24,
                              "description": "how many training images (seeded sample) are considered for the "

@@ -20,7 +20,7 @@ from hemaflow.core.errors import DataError, HemaflowError
 
 # -- shared parameter schemas ----------------------------------------------------------------------
 _BACKBONE_PARAMS: dict[str, Any] = {
-    "pretrained": {"type": ["string", "null", "boolean"], "default": None,
+    "pretrained": {"type": ["string", "null", "boolean"], "default": None, "format": "path",
                    "description": "local weights file (.safetensors/.pth/.bin) for the backbone; null = random "
                                   "init; nothing is ever downloaded (true is an error that says how to get a file)"},
     "input": {"enum": ["field", "masked_field", "cell", "masked_cell"], "default": "field",

@@ -191,11 +191,14 @@ class FileDataset(Component):
         return {k: v for k, v in spec.items() if v is not None or k == "nucleus"} if spec else None
 
     def fingerprint(self) -> str:
-        """Hash of every listed file's path, size and modification time (no pixel data)."""
+        """Hash of the side files' content (labels, manifest, split lists: small, so hashed) and of
+        every image's and mask's path, size and modification time (no pixel data)."""
+        from hemaflow.core.filehash import path_sha256
+
         lst = self._listing()
         h = hashlib.sha256()
         for f in lst.extra_files:
-            h.update(io.file_stamp(f).encode() + b"\n")
+            h.update(f"{f}|{path_sha256(f) if f.is_file() else 'missing'}\n".encode())
         for r in lst.records:
             h.update(io.file_stamp(r["image"]).encode() + b"\n")
             if r.get("mask") is not None:

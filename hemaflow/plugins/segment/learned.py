@@ -418,7 +418,7 @@ class DeepLabSegmenter(Component):
             "encoder": {"type": "string", "default": "resnet18", "minLength": 1,
                         "description": "smp encoder name (resnet18, resnet50, efficientnet-b0, "
                                        "mobilenet_v2, tu-<timm model>...)"},
-            "encoder_weights": {"type": ["string", "null"], "default": None,
+            "encoder_weights": {"type": ["string", "null"], "default": None, "format": "path",
                                 "description": "local file with encoder weights (.pth/.safetensors); "
                                                "null = random init. Never downloaded"},
             "target": {"enum": ["three_class", "cell"], "default": "three_class",
@@ -450,7 +450,7 @@ class DeepLabSegmenter(Component):
             "threads": {"type": ["integer", "null"], "minimum": 1, "default": None,
                         "description": "torch CPU threads (null: torch default)"},
             # no schema default on purpose: a recipe without `weights` keeps its old cache key
-            "weights": {"type": ["string", "null"], "minLength": 1,
+            "weights": {"type": ["string", "null"], "minLength": 1, "format": "path",
                         "description": "default null (train). A shipped model name (e.g. wbc-v1, see "
                                        "hemaflow/weights/*.md) or a local .safetensors file from "
                                        "save_weights: inference only, architecture, encoder and input "
@@ -460,6 +460,15 @@ class DeepLabSegmenter(Component):
     }
     inputs = {"images": "ImageSet", "split": "Split?", "model": "Model?"}
     outputs = {"masks": "MaskSet", "model": "Model"}
+
+    def input_files(self) -> dict[str, Path]:
+        """The weights files in the cache key by content: ``encoder_weights``, and ``weights``
+        (a shipped name stands for its file in ``hemaflow/weights/``)."""
+        files = super().input_files()
+        w = self.params.get("weights")
+        if w and w in shipped_weights():
+            files["/weights"] = shipped_weights()[w]
+        return files
 
     def check_params(self) -> list[tuple[str, str]]:
         """An unknown shipped name or a missing weights file, before anything runs."""

@@ -48,7 +48,7 @@ class SamSegmenter(Component):
     schema = {
         "type": "object",
         "properties": {
-            "checkpoint": {"type": ["string", "null"], "default": None,
+            "checkpoint": {"type": ["string", "null"], "default": None, "format": "path",
                            "description": "local SAM or MedSAM checkpoint (.pth); required"},
             "model_type": {"enum": ["vit_b", "vit_l", "vit_h"], "default": "vit_b",
                            "description": "SAM backbone of the checkpoint (MedSAM: vit_b)"},
@@ -61,6 +61,19 @@ class SamSegmenter(Component):
     }
     inputs = {"images": "ImageSet"}
     outputs = {"masks": "MaskSet"}
+
+    def check_params(self) -> list[tuple[str, str]]:
+        """No checkpoint, or the optional package missing: said by ``validate``, before any step."""
+        from hemaflow.core.validate import module_available
+
+        out = []
+        if not self.params["checkpoint"]:
+            out.append(("/checkpoint", "the sam segmenter needs checkpoint: a local SAM or MedSAM .pth file "
+                                       "(hemaflow never downloads weights)"))
+        if not module_available("segment_anything"):
+            out.append(("", "the sam segmenter needs the optional package segment-anything: "
+                            "pip install 'hemaflow[sam]'"))
+        return out
 
     def _predictor(self, device: str):
         ckpt = self.params["checkpoint"]
