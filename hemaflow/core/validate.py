@@ -7,7 +7,12 @@ All problems are collected and raised together as one :class:`RecipeError`, each
 from __future__ import annotations
 
 import copy
+import importlib.util
+import math
+import re
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -47,6 +52,10 @@ class Resolved:
 
 def _problem(recipe: Recipe, ptr: str, msg: str, *, key: bool = False) -> Problem:
     o = recipe.locate(ptr, key=key)
+    m = re.match(r"(.*?)/with(?:/|$)", ptr)
+    base = m.group(1) if m else ""
+    if m and ptr not in recipe.origins and base + "/with" not in recipe.origins and base + "/uses" in recipe.origins:
+        o = recipe.origins[base + "/uses"]  # a parameter left at its default: point at the component named
     return Problem(o.source, o.line, o.col, ptr, msg)
 
 
@@ -97,7 +106,10 @@ def _check_params(recipe: Recipe, cls: type, params: Any, ptr: str, problems: li
     problems.extend(found)
     if not found:
         try:
-            extra = cls(**filled).check_params()
+            comp = cls(**filled)
+            extra = list(comp.check_params())
+            seen = {sub for sub, _ in extra}
+            extra += [(sub, msg) for sub, msg in _file_problems(comp) if sub not in seen]
         except Exception as exc:  # a broken check must not hide the rest of the report
             extra = [("", f"could not check parameters: {type(exc).__name__}: {exc}")]
         for sub, msg in extra:
@@ -107,10 +119,50 @@ def _check_params(recipe: Recipe, cls: type, params: Any, ptr: str, problems: li
     return filled
 
 
+def _file_problems(comp: Any) -> list[tuple[str, str]]:
+    """Local files a component names (:meth:`Component.input_files`) that are not there."""
+    files = getattr(comp, "input_files", None)
+    out = []
+    for sub, path in (files() if callable(files) else {}).items():
+        if not Path(path).exists():
+            out.append((sub, f"{path}: file not found (a local file: hemaflow runs offline and downloads nothing)"))
+    return out
+
+
+def module_available(name: str) -> bool:
+    """Whether the optional package ``name`` can be imported (without importing it).
+
+    For :meth:`Component.check_params` of components with optional dependencies, e.g.
+    ``[("", "needs MLflow: pip install 'hemaflow[mlflow]'")] if not module_available("mlflow")``.
+    """
+    if name in sys.modules:
+        return sys.modules[name] is not None
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def non_finite(value: Any, ptr: str = "") -> list[str]:
+    """JSON pointers of the NaN and infinite numbers in ``value`` (JSON Schema cannot forbid them:
+    every comparison with NaN is false, so ``minimum: 0`` lets ``.nan`` through)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return [ptr]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in non_finite(v, f"{ptr}/{escape(k)}")]
+    if isinstance(value, list):
+        return [p for i, v in enumerate(value) for p in non_finite(v, f"{ptr}/{i}")]
+    return []
+
+
 def resolve(recipe: Recipe, registry: Registry) -> Resolved:
     """Validate ``recipe`` against the composed schema and fill defaults; raise RecipeError."""
     problems: list[Problem] = []
     data = copy.deepcopy(recipe.data)
+    not_finite = non_finite(data)
+    for ptr in not_finite:
+        value = {"nan": ".nan", "inf": ".inf", "-inf": "-.inf"}[repr(_value_at(data, ptr))]
+        problems.append(_problem(recipe, ptr, f"must be a finite number; got {value}"))
     problems += _schema_problems(recipe, base_schema(), data, "")
     if problems and not isinstance(data.get("steps"), dict):
         raise RecipeError(problems)
@@ -199,8 +251,17 @@ def resolve(recipe: Recipe, registry: Registry) -> Resolved:
 
     order = _toposort(specs, recipe, problems)
     if problems:
+        first = len(not_finite)  # the finite-number problem says it all for those values
+        problems = problems[:first] + [p for p in problems[first:] if p.pointer not in not_finite]
         raise RecipeError(_dedupe(problems))
     return Resolved(recipe, data, [specs[s] for s in order])
+
+
+def _value_at(data: Any, ptr: str) -> Any:
+    for part in ptr.split("/")[1:]:
+        part = part.replace("~1", "/").replace("~0", "~")
+        data = data[int(part)] if isinstance(data, list) else data[part]
+    return data
 
 
 def _dedupe(problems: list[Problem]) -> list[Problem]:

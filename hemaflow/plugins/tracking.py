@@ -112,6 +112,15 @@ class MlflowTracker(Component):
         "additionalProperties": False,
     }
 
+    def check_params(self) -> list[tuple[str, str]]:
+        """MLflow not installed: said by ``validate``, before the pipeline runs."""
+        from hemaflow.core.validate import module_available
+
+        if module_available("mlflow"):
+            return []
+        return [("", "the mlflow tracker needs MLflow, which is not installed: pip install 'hemaflow[mlflow]' "
+                     "(or pip install mlflow-skinny)")]
+
     def tracking_uri(self, run_dir: Path) -> str:
         uri = self.params.get("tracking_uri") or os.environ.get("MLFLOW_TRACKING_URI") or ""
         if not uri:
