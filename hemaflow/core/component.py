@@ -28,27 +28,11 @@ from typing import Any, Callable, ClassVar, Iterable, Iterator, TypeVar
 
 import numpy as np
 
+from hemaflow.core.kinds import KINDS  # noqa: F401  (the one list of kinds, re-exported)
 from hemaflow.core.report_items import ReportItems
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-KINDS = (
-    "dataset",
-    "splitter",
-    "normalizer",
-    "segmenter",
-    "postprocessor",
-    "cells",
-    "features",
-    "classifier",
-    "mil",
-    "evaluator",
-    "reporter",
-    "executor",
-    "tracker",
-)
-
 
 class Component:
     """Base of every registered component.
@@ -131,7 +115,13 @@ class Component:
 
 
 class Executor(Component):
-    """Runs ``fn`` over items, in order. The base implementation is serial."""
+    """Kind ``executor``: the recipe's ``executor: {uses: NAME}``; how ``ctx.map`` runs a
+    function over items. No inputs, no outputs.
+
+    ``map(fn, items, *, progress=None)`` returns ``[fn(item) for item in items]`` in item order;
+    ``fn`` is a picklable top-level function; call ``progress(1)`` after each item when given.
+    The base implementation is serial. (Re-exported by :mod:`hemaflow.core.bases`.)
+    """
 
     kind = "executor"
 

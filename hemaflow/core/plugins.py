@@ -24,29 +24,12 @@ import pluggy
 
 from hemaflow.core import hookspecs
 from hemaflow.core.artifacts import CORE_TYPES, Artifact
-from hemaflow.core.component import KINDS, Component
+from hemaflow.core.component import Component
 from hemaflow.core.errors import PluginError, UnknownComponentError
+from hemaflow.core.kinds import KIND_HOOKS, KINDS
 from hemaflow.core.markers import PROJECT
 
 ENTRY_POINT_GROUP = "hemaflow"
-
-# kind -> hook that registers it
-KIND_HOOKS = {
-    "dataset": "register_datasets",
-    "splitter": "register_splitters",
-    "normalizer": "register_normalizers",
-    "segmenter": "register_segmenters",
-    "postprocessor": "register_postprocessors",
-    "cells": "register_cell_extractors",
-    "features": "register_feature_extractors",
-    "classifier": "register_classifiers",
-    "mil": "register_mil_models",
-    "evaluator": "register_evaluators",
-    "reporter": "register_reporters",
-    "executor": "register_executors",
-    "tracker": "register_trackers",
-}
-
 
 class PluginWarning(UserWarning):
     """A third-party plugin could not be loaded; hemaflow continues without it."""

@@ -18,6 +18,7 @@ from typing import Any
 import jsonschema
 
 from hemaflow.core.errors import Problem, RecipeError, did_you_mean
+from hemaflow.core.kinds import STEP_KINDS
 from hemaflow.core.plugins import Registry
 from hemaflow.core.recipe import Origin, Recipe, escape
 from hemaflow.core.schema import base_schema, fill_defaults, message
@@ -95,8 +96,6 @@ def _component(recipe: Recipe, registry: Registry, ptr: str, name: Any, kinds: t
     return None
 
 
-STEP_KINDS = ("dataset", "splitter", "normalizer", "segmenter", "postprocessor", "cells", "features",
-              "classifier", "mil", "evaluator")
 
 
 def _check_params(recipe: Recipe, cls: type, params: Any, ptr: str, problems: list[Problem]) -> dict[str, Any]:

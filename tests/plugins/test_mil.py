@@ -15,6 +15,11 @@ from tests.plugins.mil_helpers import kfold_split, synthetic_instances
 AGGREGATORS = ["mean", "max", "attention", "gated_attention", "transformer", "majority_vote"]
 
 
+def component_for(agg: str, **params):
+    cls = next(c for c in mil.COMPONENTS if c.aggregator == agg)
+    return cls(**mil.defaults_for(agg, **params))
+
+
 @pytest.fixture()
 def data(tmp_path):
     feats, cells = synthetic_instances(tmp_path, n_patients=12, cells=(3, 12), dim=6, abnormal_rate=0.3)
@@ -84,8 +89,9 @@ def test_aggregators_on_bags_of_size_1_and_10000(agg, n):
 
     torch.manual_seed(0)
     net = mil.build_net(agg, 12, 3, {"hidden": 16, "heads": 4, "layers": 1})
-    probs, scores = mil.predict_bag(net, np.random.default_rng(0).normal(size=(n, 12)).astype(np.float32), agg,
-                                    {"sub_bag_size": 8}, np.random.default_rng(1))
+    comp = component_for(agg, sub_bag_size=8)
+    probs, scores = comp.predict(net, np.random.default_rng(0).normal(size=(n, 12)).astype(np.float32),
+                                 np.random.default_rng(1))
     assert probs.shape == (3,) and probs.sum() == pytest.approx(1.0, abs=1e-5)
     assert scores.shape == (n,) and (scores >= 0).all()
     assert scores.sum() == pytest.approx(1.0, abs=1e-4)  # attention weights sum to one per bag
@@ -124,7 +130,9 @@ def test_one_training_step_per_aggregator(agg):
     net = mil.build_net(agg, 5, 2, {"hidden": 8, "heads": 2})
     before = {k: v.clone() for k, v in net.state_dict().items()}
     params = mil.defaults_for(agg, epochs=1, hidden=8, heads=2, warmup_epochs=0, sub_bag_size=4, max_instances=5)
-    info = mil.train_fold(net, x, bags, labels, ["a", "b", "c"], ["b"], agg, params, rng)
+    sub = component_for(agg, **params).sub_bag_size()
+    assert sub == (4 if agg == "majority_vote" else 0)
+    info = mil.train_fold(net, x, bags, labels, ["a", "b", "c"], ["b"], params, rng, sub_bag_size=sub)
     assert info["epochs_run"] == 1 and np.isfinite(info["history"][0]["train_loss"])
     changed = [k for k, v in net.state_dict().items() if not torch.equal(v, before[k])]
     assert "head.weight" in changed and "project.0.weight" in changed

@@ -6,11 +6,14 @@ Pipeline position::
     cells ──> radiomics (FeatureTable) ────────────────────────────┼─> <aggregator> ─> Predictions
     split (Split) ─────────────────────────────────────────────────┘      (level patient)
 
-Every aggregator is a component of kind ``mil`` sharing :class:`MILComponent`: it joins the
+Every aggregator is a component of kind ``mil`` sharing :class:`MILAggregator`: it joins the
 instance tables on ``cell_id``, builds one bag per patient (all instances of all that patient's
 images, never mixing patients), and for every fold of the Split trains on the fold's ``train``
 patients (a random subset of at most ``max_instances`` per bag and epoch), stops early on the
 fold's ``val`` patients and predicts the fold's ``test`` patients with all their instances.
+An aggregator only says which network pools a bag: :meth:`MILAggregator.make_net` returns a
+:class:`MILNet` whose ``pool(h, mask) -> (z, scores)`` is the contract (:mod:`.nets`); a third
+party's aggregator is the same small class, registered through ``register_mil_models``.
 
 Aggregators (``uses:``): ``mean_mil``, ``max_mil``, ``attention_mil`` (Ilse et al. 2018),
 ``gated_attention_mil`` (Ilse et al. 2018, gated), ``transformer_mil`` (TransMIL-style, small)
@@ -29,11 +32,24 @@ from __future__ import annotations
 from hemaflow.plugins.mil.bags import (ID_COLUMNS, NORMAL_TRUTH, Instances, apply_scaler, build_instances, fit_pca,
                                        fit_scaler, make_bags, patient_labels, precision_at_k, r_precision, sample_bag)
 from hemaflow.plugins.mil.components import (COMPONENTS, AttentionMIL, GatedAttentionMIL, MajorityVoteMIL, MaxMIL,
-                                             MeanMIL, MILComponent, TransformerMIL, defaults_for)
-from hemaflow.plugins.mil.nets import build_net
-from hemaflow.plugins.mil.train import BagDataset, collate_bags, forward_bags, predict_bag, train_fold
+                                             MeanMIL, MILAggregator, MILComponent, TransformerMIL, build_net,
+                                             defaults_for)
+from hemaflow.plugins.mil.train import (BagDataset, collate_bags, forward_bags, predict_bag, predict_by_vote,
+                                        train_fold)
+
+_NETS = ("MILNet", "MeanNet", "MaxNet", "AttentionNet", "TransformerNet", "EndToEndNet")
 
 __all__ = ["COMPONENTS", "ID_COLUMNS", "NORMAL_TRUTH", "AttentionMIL", "BagDataset", "GatedAttentionMIL", "Instances",
-           "MILComponent", "MajorityVoteMIL", "MaxMIL", "MeanMIL", "TransformerMIL", "apply_scaler", "build_instances",
-           "build_net", "collate_bags", "defaults_for", "fit_pca", "fit_scaler", "forward_bags", "make_bags",
-           "patient_labels", "precision_at_k", "predict_bag", "r_precision", "sample_bag", "train_fold"]
+           "MILAggregator", "MILComponent", "MajorityVoteMIL", "MaxMIL", "MeanMIL", "TransformerMIL", "apply_scaler",
+           "build_instances", "build_net", "collate_bags", "defaults_for", "fit_pca", "fit_scaler", "forward_bags",
+           "make_bags", "patient_labels", "precision_at_k", "predict_bag", "predict_by_vote", "r_precision",
+           "sample_bag", "train_fold", *_NETS]
+
+
+def __getattr__(name: str):
+    # the torch modules load on first use, so registering the MIL components does not import torch
+    if name in _NETS:
+        from hemaflow.plugins.mil import nets
+
+        return getattr(nets, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -35,7 +35,8 @@ import numpy as np
 import pandas as pd
 
 from hemaflow.core.artifacts import Metrics, Model, Predictions, TableArtifact
-from hemaflow.core.component import Component, RunContext
+from hemaflow.core.bases import MILModel
+from hemaflow.core.component import RunContext
 from hemaflow.core.errors import DataError
 from hemaflow.core.markers import hookimpl
 from hemaflow.plugins.mil.bags import (apply_scaler, build_instances, fit_pca, fit_scaler, make_bags, patient_labels,
@@ -84,14 +85,13 @@ def make_estimator(params: dict[str, Any], seed: int) -> Any:
     return LogisticRegression(C=float(params["C"]), class_weight=cw, max_iter=5000, random_state=seed)
 
 
-class PooledBaseline(Component):
+class PooledBaseline(MILModel):
     """Classical patient-level baseline: per-patient statistics of cell features + scikit-learn.
 
     Same inputs and outputs as the MIL aggregators (``uses:`` swaps it in); the model, scaler and
     PCA are fitted per fold on training patients only.
     """
 
-    kind = "mil"
     name = "pooled_baseline"
     version = "1"
     schema = {

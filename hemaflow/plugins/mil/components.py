@@ -1,21 +1,27 @@
-"""The MIL components (kind ``mil``): one per aggregator, sharing :class:`MILComponent`."""
+"""The MIL components (kind ``mil``): one per aggregator, sharing :class:`MILAggregator`.
+
+A new aggregator is a :class:`MILAggregator` subclass whose :meth:`~MILAggregator.make_net`
+returns a :class:`hemaflow.plugins.mil.nets.MILNet` implementing ``pool(h, mask) -> (z, scores)``;
+it is registered through ``register_mil_models`` and trained by the same loop as the built-ins
+(docs/tutorial.md builds one).
+"""
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
 
 from hemaflow.core.artifacts import Metrics, Model, Predictions, TableArtifact
-from hemaflow.core.component import Component, RunContext
+from hemaflow.core.bases import MILModel
+from hemaflow.core.component import RunContext
 from hemaflow.core.errors import DataError
 from hemaflow.core.markers import hookimpl
 from hemaflow.plugins.mil.bags import (NORMAL_TRUTH, apply_scaler, build_instances, fit_pca, fit_scaler, make_bags,
                                        patient_labels, precision_at_k, r_precision, select_modalities)
-from hemaflow.plugins.mil.nets import build_net
-from hemaflow.plugins.mil.train import predict_bag, train_fold
+from hemaflow.plugins.mil.train import predict_bag, predict_by_vote, train_fold
 
 # -- components ------------------------------------------------------------------------------
 def _train_properties() -> dict[str, Any]:
@@ -81,12 +87,22 @@ def _schema(extra: dict[str, Any] | None = None) -> dict[str, Any]:
     return {"type": "object", "properties": {**COMMON_PROPERTIES, **(extra or {})}, "additionalProperties": False}
 
 
-class MILComponent(Component):
-    """Base of all MIL aggregators: bags, per-fold training, predictions, attention, report.
+class MILAggregator(MILModel):
+    """Base of every learned MIL aggregator: bags, per-fold training, predictions, attention,
+    report; a subclass only says which network pools the bag.
 
-    Subclasses set ``aggregator`` (see :func:`build_net`) and possibly extra schema keys.
+    A subclass sets ``name`` and ``version`` (its own: part of its cache key), implements
+    :meth:`make_net` and, for extra ``with:`` keys, ``schema = MILAggregator.extend_schema({...})``.
+    Everything else is shared: the instance join on ``cell_id``, one bag per patient, per-fold
+    PCA and scaling fitted on training instances, the one training loop
+    (:func:`hemaflow.plugins.mil.train.train_fold`), predictions of each fold's test bags with
+    all their instances, the attention table, metrics, the report gallery and the end-to-end
+    ``encoder`` option (the backbone's embedding is put in front of the instance features, so
+    ``make_net`` just sees a wider ``in_dim``).
 
-    Example::
+    Inputs and outputs are those of :class:`hemaflow.core.bases.MILModel`.
+
+    Example (a recipe step)::
 
         steps:
           mil:
@@ -95,12 +111,44 @@ class MILComponent(Component):
             with: {epochs: 40}
     """
 
-    kind = "mil"
-    version = "2"  # 2: bags trained as padded batches
-    aggregator: str = ""
+    aggregator: ClassVar[str] = ""  # recorded in the Model's meta; empty: the component's name
     schema = _schema()
     inputs = {"split": "Split", "embeddings": "FeatureTable?", "features": "FeatureTable?", "cells": "CellSet?"}
     outputs = {"predictions": "Predictions", "model": "Model", "attention": "Table", "metrics": "Metrics"}
+
+    @staticmethod
+    def extend_schema(extra: dict[str, Any]) -> dict[str, Any]:
+        """The shared parameter schema (training, ``hidden``, ``dropout``, ``modalities``,
+        ``encoder``, ...) plus ``extra`` properties (each with a ``default``)."""
+        return _schema(extra)
+
+    # -- the extension points ----------------------------------------------------------------
+    def make_net(self, in_dim: int, n_classes: int):
+        """Return a fresh :class:`~hemaflow.plugins.mil.nets.MILNet` for ``in_dim`` instance
+        features and ``n_classes`` classes (called once per fold, after the fold's torch seed is
+        set). The shared parameters are in ``self.params`` (``hidden``, ``dropout``, ...).
+        Import torch-using modules inside this method, so ``hemaflow plugins`` stays fast."""
+        raise NotImplementedError(f"{type(self).__name__} must implement make_net(in_dim, n_classes)")
+
+    def sub_bag_size(self) -> int:
+        """Train on random sub-bags of this many instances instead of whole bags (0: whole
+        bags, capped at ``max_instances``)."""
+        return 0
+
+    def predict(self, net, x: np.ndarray, rng: np.random.Generator, crops=None) -> tuple[np.ndarray, np.ndarray]:
+        """(class probabilities (C,), instance scores (n,) summing to one) for one test bag
+        ``x`` (n, d); default: the network on the whole bag (:func:`~hemaflow.plugins.mil.train.predict_bag`)."""
+        return predict_bag(net, x, crops=crops)
+
+    def build_network(self, in_dim: int, n_classes: int, seed: int = 0):
+        """:meth:`make_net`, wrapped in the end-to-end encoder when ``encoder`` is set (its
+        crop augmentation seeded by ``seed``)."""
+        enc = self.params.get("encoder")
+        if enc:
+            from hemaflow.plugins.mil.nets import end_to_end
+
+            return end_to_end(lambda width: self.make_net(width, n_classes), enc, in_dim, seed=seed)
+        return self.make_net(in_dim, n_classes)
 
     def fingerprint(self) -> str | None:
         """The content hash of the end-to-end encoder's ``pretrained`` weights file, if any (part of
@@ -206,18 +254,17 @@ class MILComponent(Component):
                 mean, std = fit_scaler(x[tr_rows])
             x = apply_scaler(x, mean, std)
             torch.manual_seed(ctx.torch_seed("fold", fold))
-            net = build_net(self.aggregator, x.shape[1], len(classes), p, seed=ctx.torch_seed("augment", fold))
+            net = self.build_network(x.shape[1], len(classes), seed=ctx.torch_seed("augment", fold))
             rng = ctx.rng("train", fold)
-            info = train_fold(net, x, bags, labels, train, val, self.aggregator, p, rng, ctx=ctx, classes=classes,
-                              name=f"fold{fold}", seed=ctx.torch_seed("fit", fold), crops=crops)
+            info = train_fold(net, x, bags, labels, train, val, p, rng, sub_bag_size=self.sub_bag_size(), ctx=ctx,
+                              classes=classes, name=f"fold{fold}", seed=ctx.torch_seed("fit", fold), crops=crops)
             save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(model_dir / f"fold{fold}.safetensors"))
             np.savez(model_dir / f"fold{fold}_scaler.npz", mean=mean, std=std, **pca)
             (model_dir / f"fold{fold}_history.json").write_text(json.dumps(info["history"]))
             fold_prec = []
             prng = ctx.rng("predict", fold)
             for q in test:
-                probs, scores = predict_bag(net, x[bags[q]], self.aggregator, p, prng,
-                                            crops=None if crops is None else crops[bags[q]])
+                probs, scores = self.predict(net, x[bags[q]], prng, crops=None if crops is None else crops[bags[q]])
                 row = {"id": q, "level": "patient", "fold": int(fold), "y_true": classes[labels[q]],
                        "y_pred": classes[int(np.argmax(probs))], "n_instances": len(bags[q])}
                 row.update({f"prob_{c}": float(v) for c, v in zip(classes, probs)})
@@ -250,7 +297,7 @@ class MILComponent(Component):
         attention = TableArtifact(ctx.out_dir("attention"), att_df, {"source": self.name}).save()
         mil_metrics = self._metrics(table, bags, att_df, abnormal, empty, fold_info, classes)
         metrics = Metrics(ctx.out_dir("metrics"), {"mil": mil_metrics}).save()
-        model = Model(model_dir, {"aggregator": self.aggregator, "component": self.name, "classes": classes,
+        model = Model(model_dir, {"aggregator": self.aggregator or self.name, "component": self.name, "classes": classes,
                                   "in_dim": inst.dim, "blocks": [b for b, _ in inst.blocks],
                                   "params": dict(p), "folds": [f["fold"] for f in fold_info],
                                   "empty_bags": empty}).save()
@@ -328,18 +375,37 @@ class MILComponent(Component):
                                    f"(top-{k} and bottom-{k} cells by score)", images, section=section)
 
 
-class MeanMIL(MILComponent):
+MILComponent = MILAggregator  # the former name
+
+
+def _size(params: dict[str, Any]) -> tuple[int, float]:
+    return int(params.get("hidden", 128)), float(params.get("dropout", 0.25))
+
+
+class MeanMIL(MILAggregator):
     """Mean pooling of the projected instances (every instance scores 1/n)."""
 
     name = "mean_mil"
+    version = "2"  # 2: bags trained as padded batches
     aggregator = "mean"
 
+    def make_net(self, in_dim, n_classes):
+        from hemaflow.plugins.mil.nets import MeanNet
 
-class MaxMIL(MILComponent):
+        return MeanNet(in_dim, n_classes, *_size(self.params))
+
+
+class MaxMIL(MILAggregator):
     """Max pooling per hidden unit; an instance's score is its share of the maxima."""
 
     name = "max_mil"
+    version = "2"  # 2: bags trained as padded batches
     aggregator = "max"
+
+    def make_net(self, in_dim, n_classes):
+        from hemaflow.plugins.mil.nets import MaxNet
+
+        return MaxNet(in_dim, n_classes, *_size(self.params))
 
 
 _ATT = {"attention_dim": {"type": "integer", "minimum": 1, "maximum": 1024, "default": 64,
@@ -349,26 +415,37 @@ _ATT = {"attention_dim": {"type": "integer", "minimum": 1, "maximum": 1024, "def
                                     "class (CLAM multi-branch, Lu et al. 2021)"}}
 
 
-class AttentionMIL(MILComponent):
+class AttentionMIL(MILAggregator):
     """Attention-based MIL pooling (Ilse, Tomczak, Welling, ICML 2018)."""
 
     name = "attention_mil"
+    version = "2"  # 2: bags trained as padded batches
     aggregator = "attention"
     schema = _schema(_ATT)
+    gated: ClassVar[bool] = False
+
+    def make_net(self, in_dim, n_classes):
+        from hemaflow.plugins.mil.nets import AttentionNet
+
+        return AttentionNet(in_dim, n_classes, *_size(self.params), attention_dim=int(self.params.get("attention_dim", 64)),
+                            gated=self.gated, branches=str(self.params.get("branches", "one")))
 
 
-class GatedAttentionMIL(MILComponent):
+class GatedAttentionMIL(AttentionMIL):
     """Gated attention MIL pooling (Ilse et al. 2018): tanh(Vh) * sigmoid(Uh)."""
 
     name = "gated_attention_mil"
+    version = "2"  # 2: bags trained as padded batches
     aggregator = "gated_attention"
     schema = _schema(_ATT)
+    gated = True
 
 
-class TransformerMIL(MILComponent):
+class TransformerMIL(MILAggregator):
     """Small TransMIL-style aggregator: self-attention over the bag, class-token pooling."""
 
     name = "transformer_mil"
+    version = "2"  # 2: bags trained as padded batches
     aggregator = "transformer"
     schema = _schema({
         "layers": {"type": "integer", "minimum": 0, "maximum": 8, "default": 1,
@@ -377,17 +454,35 @@ class TransformerMIL(MILComponent):
                   "description": "attention heads (must divide hidden)"},
     })
 
+    def make_net(self, in_dim, n_classes):
+        from hemaflow.plugins.mil.nets import TransformerNet
 
-class MajorityVoteMIL(MILComponent):
+        return TransformerNet(in_dim, n_classes, *_size(self.params), layers=int(self.params.get("layers", 1)),
+                              heads=int(self.params.get("heads", 4)))
+
+
+class MajorityVoteMIL(MILAggregator):
     """The original code's baseline: random sub-bags of fixed size, each classified by a
     mean-pooling network with the patient's label; the patient gets the majority vote."""
 
     name = "majority_vote_mil"
+    version = "2"  # 2: bags trained as padded batches
     aggregator = "majority_vote"
     schema = _schema({
         "sub_bag_size": {"type": "integer", "minimum": 1, "default": 8,
                          "description": "instances per sub-bag (training and inference)"},
     })
+
+    def make_net(self, in_dim, n_classes):
+        from hemaflow.plugins.mil.nets import MeanNet
+
+        return MeanNet(in_dim, n_classes, *_size(self.params))
+
+    def sub_bag_size(self) -> int:
+        return int(self.params.get("sub_bag_size", 8))
+
+    def predict(self, net, x, rng, crops=None):
+        return predict_by_vote(net, x, self.sub_bag_size(), rng, crops=crops)
 
 
 def defaults_for(aggregator: str, **overrides: Any) -> dict[str, Any]:
@@ -402,6 +497,17 @@ def defaults_for(aggregator: str, **overrides: Any) -> dict[str, Any]:
 
 
 COMPONENTS = (MeanMIL, MaxMIL, AttentionMIL, GatedAttentionMIL, TransformerMIL, MajorityVoteMIL)
+
+
+def build_net(aggregator: str, in_dim: int, n_classes: int, params: dict[str, Any], seed: int = 0):
+    """The network of the built-in component whose ``aggregator`` is ``aggregator`` (``mean``,
+    ``max``, ``attention``, ``gated_attention``, ``transformer``, ``majority_vote``), built with
+    ``params`` over the schema defaults (tests and benchmarks; steps call
+    :meth:`MILAggregator.build_network`)."""
+    by_name = {c.aggregator: c for c in COMPONENTS}
+    if aggregator not in by_name:
+        raise ValueError(f"unknown aggregator {aggregator!r}; built-in: {sorted(by_name)}")
+    return by_name[aggregator](**defaults_for(aggregator, **params)).build_network(in_dim, n_classes, seed=seed)
 
 
 @hookimpl

@@ -17,35 +17,47 @@ def _sub_bags(idx: np.ndarray, size: int, rng: np.random.Generator) -> list[np.n
     return [s for s in np.array_split(perm, n) if len(s)]
 
 
-def predict_bag(net, x, aggregator: str, params: dict[str, Any], rng: np.random.Generator,
-                crops=None) -> tuple[np.ndarray, np.ndarray]:
-    """Return (class probabilities, instance scores summing to one) for one whole bag.
+def _bag_forward(net, x, rows, crops):
+    import torch
+
+    kw = {} if crops is None else {"crops": crops[rows]}
+    return net(torch.from_numpy(x[rows]), **kw)
+
+
+def predict_bag(net, x: np.ndarray, crops=None) -> tuple[np.ndarray, np.ndarray]:
+    """Return (class probabilities, instance scores summing to one) for one whole bag ``x``
+    (n, d), all its instances at once.
 
     ``crops`` (uint8 tensor (n, S, S, 3)) only for an end-to-end network."""
     import torch
 
-    def run(rows):
-        kw = {} if crops is None else {"crops": crops[rows]}
-        return net(torch.from_numpy(x[rows]), **kw)
+    net.eval()
+    with torch.no_grad():
+        logits, scores = _bag_forward(net, x, np.arange(len(x)), crops)
+        return torch.softmax(logits, -1).numpy().astype(np.float64), scores.numpy().astype(np.float64)
+
+
+def predict_by_vote(net, x: np.ndarray, size: int, rng: np.random.Generator,
+                    crops=None) -> tuple[np.ndarray, np.ndarray]:
+    """Like :func:`predict_bag`, by a majority vote over random sub-bags of ``size`` instances
+    (the original code's baseline): probabilities are the vote shares, mean probabilities
+    break ties; an instance scores its sub-bag's probability of the winner, shared out."""
+    import torch
 
     net.eval()
     with torch.no_grad():
-        if aggregator != "majority_vote":
-            logits, scores = run(np.arange(len(x)))
-            return torch.softmax(logits, -1).numpy().astype(np.float64), scores.numpy().astype(np.float64)
-        size = int(params.get("sub_bag_size", 8))
         subs = _sub_bags(np.arange(len(x)), size, rng)
-        probs = np.stack([torch.softmax(run(s)[0], -1).numpy() for s in subs])
-        votes = np.bincount(probs.argmax(1), minlength=probs.shape[1]).astype(np.float64)
-        # vote shares; mean probabilities break ties (and keep AUROC informative)
-        p = votes / votes.sum() + 1e-3 * probs.mean(0)
-        p = p / p.sum()
-        winner = int(p.argmax())
-        scores = np.zeros(len(x))
-        for s, pr in zip(subs, probs):
-            scores[s] = pr[winner] / len(s)
-        scores = scores / scores.sum() if scores.sum() > 0 else np.full(len(x), 1.0 / len(x))
-        return p, scores
+        probs = np.stack([torch.softmax(_bag_forward(net, x, s, crops)[0], -1).numpy() for s in subs])
+    votes = np.bincount(probs.argmax(1), minlength=probs.shape[1]).astype(np.float64)
+    # vote shares; mean probabilities break ties (and keep AUROC informative)
+    p = votes / votes.sum() + 1e-3 * probs.mean(0)
+    p = p / p.sum()
+    winner = int(p.argmax())
+    scores = np.zeros(len(x))
+    for s, pr in zip(subs, probs):
+        scores[s] = pr[winner] / len(s)
+    scores = scores / scores.sum() if scores.sum() > 0 else np.full(len(x), 1.0 / len(x))
+    return p, scores
 
 
 class BagDataset:
@@ -116,12 +128,15 @@ def forward_bags(net, batch: dict[str, Any]):
 
 
 def train_fold(net, x: np.ndarray, bags: dict[str, np.ndarray], labels: dict[str, int], train: list[str],
-               val: list[str], aggregator: str, params: dict[str, Any], rng: np.random.Generator,
+               val: list[str], params: dict[str, Any], rng: np.random.Generator, *, sub_bag_size: int = 0,
                ctx: RunContext | None = None, classes: list[str] | None = None, name: str = "fold0",
                seed: int | None = None, crops=None) -> dict[str, Any]:
     """Train ``net`` on the ``train`` bags with the project's one training loop
     (:func:`hemaflow.plugins.training.fit`: AdamW, warm-up + cosine, class weighting, early
     stopping and checkpoint selection on the ``val`` bags only); load the selected weights.
+
+    Every aggregator trains here. ``sub_bag_size`` > 0 trains on random sub-bags of that size
+    instead of whole (capped) bags: see :class:`BagDataset`.
 
     Returns ``{"history", "best_epoch", "epochs_run", "best_loss"}``.
     """
@@ -130,8 +145,7 @@ def train_fold(net, x: np.ndarray, bags: dict[str, np.ndarray], labels: dict[str
     from hemaflow.plugins.training import fit, train_config
 
     xt = torch.from_numpy(np.ascontiguousarray(x))
-    sub = int(params.get("sub_bag_size", 0)) if aggregator == "majority_vote" else 0
-    train_ds = BagDataset(xt, bags, labels, train, rng, cap=int(params["max_instances"]), sub_bag_size=sub,
+    train_ds = BagDataset(xt, bags, labels, train, rng, cap=int(params["max_instances"]), sub_bag_size=sub_bag_size,
                           crops=crops)
     val_ds = BagDataset(xt, bags, labels, val, rng, crops=crops) if val else None
     cfg = train_config(params, amp=False, num_workers=0)
