@@ -43,17 +43,60 @@ def _resolve(path: str, overrides: Sequence[str] = ()) -> Any:
     return resolve(load_recipe(path, list(overrides)), _registry())
 
 
+def _writable_dir(path: Path, what: str) -> None:
+    """UsageError naming ``what`` unless ``path`` is, or can be created as, a writable directory
+    (``--out /proc/x``, an existing file, a read-only file system). Creates nothing: the probe
+    file goes in the nearest existing folder and is removed at once."""
+    import tempfile
+
+    here = path
+    while not here.exists() and here.parent != here:
+        here = here.parent
+    if not here.is_dir():
+        raise UsageError(f"{what} {path}: " + ("is an existing file, not a directory" if here == path
+                                               else f"{here} is a file, not a directory"))
+    try:
+        fd, probe = tempfile.mkstemp(dir=here, prefix=".hemaflow-write-test-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"{what} {path}: cannot write there ({exc.strerror or exc})") from None
+
+
+def _check_executor(args: argparse.Namespace) -> None:
+    if args.executor:
+        known = sorted(_registry().components["executor"])
+        if args.executor not in known:
+            from hemaflow.core.errors import did_you_mean
+
+            raise UsageError(f"--executor {args.executor!r}: no such executor{did_you_mean(args.executor, known)}; "
+                             f"the executors are: {', '.join(known)}")
+
+
+def _check_dirs(args: argparse.Namespace) -> None:
+    """The run directory and the cache can be written: said before any step runs."""
+    if args.out:
+        _writable_dir(Path(args.out), "--out")
+    if not args.no_cache:
+        from hemaflow.core.cache import default_cache_dir
+
+        try:
+            _writable_dir(default_cache_dir(), "cache directory")
+        except UsageError as exc:
+            raise UsageError(f"{exc}; set HEMAFLOW_CACHE_DIR to a writable folder, or run with --no-cache") from None
+
+
 # -- commands ------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
+    _check_executor(args)
     if len(args.recipes) > 1:
         return _run_many(args)
     from hemaflow.core.runner import Runner
 
     resolved = _resolve(args.recipes[0], args.set)
+    _check_dirs(args)
     runner = Runner(resolved, _registry(), console=_console(), use_cache=not args.no_cache, executor=args.executor,
                     verbose=args.verbose)
-    if args.executor:
-        _registry().get("executor", args.executor)
     runner.run(Path(args.out) if args.out else None)
     return 0
 
@@ -80,8 +123,7 @@ def _run_many(args: argparse.Namespace) -> int:
             problems += exc.problems
     if problems:
         raise RecipeError(problems)
-    if args.executor:
-        _registry().get("executor", args.executor)
+    _check_dirs(args)
     console = _console()
     used: set[str] = set()
     rows = []
@@ -141,6 +183,7 @@ def _origins_lines(resolved: Any) -> list[str]:
         ptr = "/" + key.replace(".", "/")
         origin = resolved.recipe.locate(ptr)
         lines.append(f"{key}: {json.dumps(value, default=str)}    # {origin}")
+    lines += [f"# note: {note}" for note in resolved.recipe.notes]  # e.g. a with: dropped as uses: changed
     return lines
 
 
@@ -220,7 +263,10 @@ def cmd_compare(args: argparse.Namespace) -> int:
     runs = compare.load_runs([Path(p) for p in args.run_dirs])
     compare.print_comparison(_console(), runs)
     if args.html:
-        Path(args.html).write_text(compare.render_comparison_html(runs), encoding="utf-8")
+        try:
+            Path(args.html).write_text(compare.render_comparison_html(runs), encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"--html {args.html}: cannot write ({exc.strerror or exc})") from None
         print(f"wrote {args.html}")
     return 0
 

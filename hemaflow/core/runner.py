@@ -356,7 +356,10 @@ class Runner:
     def run(self, run_dir: Path | None = None) -> RunOutcome:
         data = self.resolved.data
         run_dir = Path(run_dir) if run_dir else default_run_dir(self.resolved.name)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:  # /proc/x, an existing file, a read-only file system
+            raise OutputError(run_dir, exc) from exc
         self._written = {"recipe.resolved.yaml", "provenance.json"}
         started = dt.datetime.now(dt.timezone.utc)
         t0 = time.perf_counter()
