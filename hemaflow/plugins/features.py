@@ -247,12 +247,16 @@ _HUB_PREFIXES = ("hf-hub:", "hf_hub:", "timm/", "http://", "https://")
 
 def timm_model_problem(name: str) -> str | None:
     """A message when ``name`` is not a timm model this machine can build, else None."""
-    import timm
+    from hemaflow.plugins.model_names import known_timm_models
 
     if name.startswith(_HUB_PREFIXES):
         return (f"{name!r} is a hub model; hemaflow never downloads weights: give a timm architecture name "
                 "in `model` and the local weights file in `checkpoint`")
     base = name.split(".")[0]
+    if base in known_timm_models():  # validate need not import timm (and torch) for a known name
+        return None
+    import timm
+
     if timm.is_model(base):
         return None
     close = difflib.get_close_matches(base, timm.list_models(), n=3, cutoff=0.6)
