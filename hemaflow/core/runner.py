@@ -69,9 +69,22 @@ class RunOutcome:
     seconds: float
 
 
+def _no_cuda_here() -> bool:
+    """True when CUDA certainly is not usable (all devices hidden, or Linux without an NVIDIA
+    driver loaded): then ``auto`` is ``cpu`` without importing torch, which takes seconds."""
+    import os
+
+    if os.environ.get("CUDA_VISIBLE_DEVICES") in ("", "-1"):
+        return True
+    return sys.platform.startswith("linux") and not Path("/proc/driver/nvidia/version").exists()
+
+
 def resolve_device(device: str) -> str:
+    """``auto`` is ``cuda`` when torch sees a CUDA device, else ``cpu``; other values unchanged."""
     if device != "auto":
         return device
+    if _no_cuda_here():
+        return "cpu"
     try:
         import torch
 
