@@ -1,0 +1,1 @@
+"""Example third-party hemaflow plugin: a top-k attention MIL aggregator."""
