@@ -125,7 +125,7 @@ def make_plugin_manager(*, builtins: bool = True, entry_points: bool = True, ext
                 pm.register(plugin, name=ep.name)
                 if ep.dist is not None:
                     _DISTS[ep.name] = (ep.dist.metadata["name"], ep.dist.version)
-            except Exception as exc:  # a broken third-party plugin must not take the CLI down
+            except (Exception, SystemExit) as exc:  # a broken plugin, even sys.exit at import: CLI goes on
                 msg = f"plugin {ep.name!r} ({ep.value}) failed to load: {type(exc).__name__}: {exc}"
                 if strict:
                     raise PluginError(msg) from exc

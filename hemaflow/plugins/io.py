@@ -50,6 +50,11 @@ def to_rgb_uint8(arr: np.ndarray, path: object = "<array>") -> np.ndarray:
     return np.clip(arr, 0, 255).astype(np.uint8)
 
 
+def _too_large(path: Path, exc: Exception) -> DataError:
+    """PIL's decompression-bomb refusal, naming the file (PIL's message does not)."""
+    return DataError(path, f"image too large to decode safely ({exc}); crop or downscale it")
+
+
 def read_array(path: Path | str) -> np.ndarray:
     """Read an image file as stored (grey or colour, original bit depth)."""
     from PIL import Image, UnidentifiedImageError
@@ -75,6 +80,8 @@ def read_array(path: Path | str) -> np.ndarray:
             if im.mode in ("LA", "PA"):
                 im = im.convert("LA")
             return np.asarray(im)
+    except Image.DecompressionBombError as exc:
+        raise _too_large(path, exc) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         # PIL cannot read some TIFFs (e.g. 16-bit RGB); try tifffile-free fallback via skimage
         if path.suffix.lower() in (".tif", ".tiff"):
@@ -120,6 +127,8 @@ def image_size(path: Path | str) -> tuple[int, int]:
             w, h = im.size
     except FileNotFoundError:
         raise DataError(path, "file not found") from None
+    except Image.DecompressionBombError as exc:
+        raise _too_large(path, exc) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(path, f"not a readable image ({type(exc).__name__}: {exc})") from None
     return int(h), int(w)
@@ -179,6 +188,8 @@ def decode_check(path: Path | str, max_pixels: int | None = None) -> tuple[int, 
                 im.load()
     except FileNotFoundError:
         raise DataError(path, "file not found") from None
+    except Image.DecompressionBombError as exc:
+        raise _too_large(path, exc) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise DataError(path, f"cannot read image ({type(exc).__name__}: {exc})") from None
     return int(h), int(w)

@@ -121,13 +121,19 @@ def test_manifest_outside_folder_and_missing(manifest_dir, tmp_path):
     assert ctx.warnings[0].startswith("skipped ") and "img/gone.png' not found" in ctx.warnings[0]
 
 
-def test_manifest_symlinked_folder_inside_is_fine(manifest_dir, tmp_path):
+def test_manifest_symlink_leading_outside_needs_allow_outside(manifest_dir, tmp_path):
+    # checked on the resolved path: a link inside the folder must not lead out of it unnoticed
     elsewhere = tmp_path / "elsewhere"
     write_image(elsewhere / "z.png")
     (manifest_dir / "linked").symlink_to(elsewhere, target_is_directory=True)
     pd.DataFrame({"image": ["linked/z.png"], "patient": ["p9"], "label": ["AML"]}).to_csv(
         manifest_dir / "m2.csv", index=False)
-    images, _ = run(Manifest, tmp_path, path=str(manifest_dir / "m2.csv"))
+    with pytest.raises(DataError) as exc:
+        run(Manifest, tmp_path, path=str(manifest_dir / "m2.csv"))
+    assert str(exc.value) == (f"{manifest_dir / 'm2.csv'}:2: path 'linked/z.png' leads outside the manifest's folder "
+                              f"{manifest_dir} through a symbolic link (to {elsewhere / 'z.png'}); set "
+                              f"allow_outside: true to allow it (set on_error: skip to leave it out)")
+    images, _ = run(Manifest, tmp_path, path=str(manifest_dir / "m2.csv"), allow_outside=True)
     assert images.table["image_id"].tolist() == ["linked/z"]
 
 

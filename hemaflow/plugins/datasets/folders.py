@@ -116,12 +116,17 @@ class Manifest(FileDataset):
         line0 = 1 if mf.suffix.lower() == ".parquet" else 2  # CSV: header is line 1
         records, problems = [], []
 
+        real_base = base.resolve()
+
         def resolve(value: str, src: str) -> tuple[Path | None, str | None]:
-            # lexical check (no symlink resolution): a linked data folder inside is fine
             rel = Path(value)
             path = Path(os.path.normpath(rel if rel.is_absolute() else base / rel))
             if not p["allow_outside"] and not path.is_relative_to(base):
                 return None, f"path {value!r} points outside the manifest's folder {base}"
+            # checked on the resolved path too: a symbolic link inside the folder must not lead out of it
+            if not p["allow_outside"] and not path.resolve().is_relative_to(real_base):
+                return None, (f"path {value!r} leads outside the manifest's folder {base} through a symbolic link "
+                              f"(to {path.resolve()}); set allow_outside: true to allow it")
             if not path.is_file():
                 return None, f"file {value!r} not found ({path})"
             return path, None
