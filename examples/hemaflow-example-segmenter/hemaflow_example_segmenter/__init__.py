@@ -1,0 +1,1 @@
+"""Example third-party hemaflow plugin: a classical Otsu + watershed white-cell segmenter."""
