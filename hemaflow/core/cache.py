@@ -134,7 +134,7 @@ def _walk_files(root: Path) -> tuple[dict[str, os.stat_result], list[str]]:
 
 
 def _stamp(st: os.stat_result) -> list[int]:
-    return [st.st_size, st.st_mtime_ns, st.st_ino]
+    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
 
 
 def build_manifest(workdir: Path) -> tuple[list[list[Any]], dict[str, list[int]]]:
