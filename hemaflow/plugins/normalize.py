@@ -18,6 +18,15 @@ before torchstain is called; remaining exceptions and non-finite outputs are cau
 happens then is ``on_failure``: ``skip`` (leave the image out), ``passthrough`` (keep it
 unnormalized) or ``stop`` (a DataError naming the file).
 
+Background check (``background_check``): Macenko can turn a field's white background lavender
+(e.g. RGB 233,234,247 -> 190,181,226) without any error. The brightest 10% of each input image's
+pixels (by luminance) are its background; the median Lab colour of those pixels is compared
+before and after normalization (:func:`background_shift`). An output whose background moved by
+more than ``background_max_shift`` (CIE76 delta E) *and* away from white is flagged: ``warn``
+(default) records a warning listing the images and shows them in the report, ``fallback`` keeps
+the original image for them (``stain_outcome`` ``passthrough``), ``off`` skips the check. Images
+that are not flagged are written exactly as without the check.
+
 Colour order: torchstain's torch backend takes RGB uint8 CHW and returns HWC (int32 for
 Macenko); images stay RGB end to end and are written as RGB PNGs (the original code swapped red
 and blue when saving with OpenCV).
@@ -62,6 +71,42 @@ def stain_problem(img: np.ndarray, *, Io: float = 240, beta: float = 0.15, min_s
     if ev[-2] < 1e-6 * max(ev[-1], 1e-12):
         return "only one stain present (stained pixels do not span two stain directions)"
     return None
+
+
+BACKGROUND_FRACTION = 0.10  # the brightest tenth of the pixels: background in a smear field
+_WHITE_LAB = np.array([100.0, 0.0, 0.0])
+
+
+def background_shift(before: np.ndarray, after: np.ndarray) -> dict[str, Any]:
+    """How far normalization moved the background of an image (both RGB uint8 HxWx3, same size).
+
+    The background is the brightest :data:`BACKGROUND_FRACTION` of ``before``'s pixels (by
+    luminance); the same pixels are read in ``after``. Returns the median Lab colour of those
+    pixels before and after, ``shift`` (CIE76 delta E between the two), and each one's delta E
+    from white (``white_before``, ``white_after``).
+    """
+    from skimage.color import rgb2lab
+
+    f0 = before.reshape(-1, 3)
+    f1 = after.reshape(-1, 3)
+    lum = f0 @ np.array([0.2126, 0.7152, 0.0722])
+    k = max(1, int(round(len(lum) * BACKGROUND_FRACTION)))
+    idx = np.argpartition(-lum, k - 1)[:k]
+    lab0 = np.median(rgb2lab(f0[idx][:, None, :])[:, 0, :], axis=0)
+    lab1 = np.median(rgb2lab(f1[idx][:, None, :])[:, 0, :], axis=0)
+    return {"shift": float(np.linalg.norm(lab1 - lab0)),
+            "white_before": float(np.linalg.norm(lab0 - _WHITE_LAB)),
+            "white_after": float(np.linalg.norm(lab1 - _WHITE_LAB)),
+            "lab_before": [round(float(v), 1) for v in lab0], "lab_after": [round(float(v), 1) for v in lab1]}
+
+
+def background_flag(before: np.ndarray, after: np.ndarray, max_shift: float) -> str | None:
+    """Why ``after``'s background moved far from white (see :func:`background_shift`), or None."""
+    b = background_shift(before, after)
+    if b["shift"] <= max_shift or b["white_after"] <= b["white_before"]:
+        return None
+    return (f"background moved away from white by delta E {b['shift']:.1f} (Lab {b['lab_before']} -> "
+            f"{b['lab_after']})")
 
 
 def _chw(img: np.ndarray):
@@ -161,8 +206,13 @@ def _normalize_one(item: tuple) -> dict[str, Any]:
             io.write_png(dst, img)
             return {"image_id": image_id, "outcome": "passthrough", "reason": problem}
         return {"image_id": image_id, "outcome": "failed", "reason": problem}
+    check = params.get("background_check", "off")
+    flag = background_flag(img, out, params["background_max_shift"]) if check != "off" else None
+    if flag is not None and check == "fallback":
+        io.write_png(dst, img)
+        return {"image_id": image_id, "outcome": "passthrough", "reason": flag, "background": flag}
     io.write_png(dst, out)
-    return {"image_id": image_id, "outcome": "normalized", "reason": ""}
+    return {"image_id": image_id, "outcome": "normalized", "reason": "", "background": flag}
 
 
 def _scale_truth(truth: pd.DataFrame, table: pd.DataFrame, images: Any, size: list[int]) -> pd.DataFrame:
@@ -234,6 +284,13 @@ COMMON = {
     "min_stained_fraction": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.01,
                              "description": "images with fewer stained pixels (optical density >= beta) than "
                                             "this fraction are not normalized"},
+    "background_check": {"enum": ["warn", "fallback", "off"], "default": "warn",
+                         "description": "an output whose background (brightest 10% of pixels) moved far from "
+                                        "white: warn (listed in a warning and the report), fallback (keep the "
+                                        "original image), or off (no check)"},
+    "background_max_shift": {"type": "number", "minimum": 0, "default": 15,
+                             "description": "background shift (CIE76 delta E of its median Lab colour) above "
+                                            "which an output moving away from white is flagged"},
 }
 
 
@@ -252,7 +309,8 @@ class _StainNormalizer(Component):
 
         p = self.params
         params = dict(self.method_params(), resize=p["resize"], on_failure=p["on_failure"],
-                      min_stained_fraction=p["min_stained_fraction"])
+                      min_stained_fraction=p["min_stained_fraction"], background_check=p["background_check"],
+                      background_max_shift=p["background_max_shift"])
         ref_path, ref_note = self._reference(ctx, images, split, params)
         ref_img = _resize(io.read_image(ref_path), p["resize"])
         problem = stain_problem(ref_img, Io=params.get("Io", 240), beta=params.get("beta", 0.15),
@@ -280,9 +338,11 @@ class _StainNormalizer(Component):
             items.append((str(r["image_id"]), str(images.image_path(r)), str(out / f"images/{i:06d}.png"),
                           self.stain_kind, state, params, mask))
         results = ctx.map(_normalize_one, items, description=f"{self.stain_kind} normalization")
-        keep, outcomes, skipped = [], [], []
+        keep, outcomes, skipped, moved = [], [], [], []
         for i, res in enumerate(results):
             src = items[i][1]
+            if res.get("background"):
+                moved.append({"image_id": res["image_id"], "file": src, "reason": res["background"]})
             if res["outcome"] == "error":
                 src = res.get("file", src)
                 if p["on_failure"] == "stop":
@@ -297,7 +357,7 @@ class _StainNormalizer(Component):
                 skipped.append({"file": src, "reason": res["reason"]})
                 ctx.warn(f"skipped {src}: {res['reason']}")
                 continue
-            if res["outcome"] == "passthrough":
+            if res["outcome"] == "passthrough" and not res.get("background"):
                 ctx.warn(f"not normalized (kept as is) {src}: {res['reason']}")
             keep.append(i)
             outcomes.append(res["outcome"])
@@ -317,6 +377,12 @@ class _StainNormalizer(Component):
                 truth = _scale_truth(truth, table, images, p["resize"])
             truth.to_parquet(out / "cell_truth.parquet")
             meta["cell_truth"] = "cell_truth.parquet"
+        if moved:
+            kept = " (kept the original images: background_check: fallback)" if p["background_check"] == "fallback" else ""
+            more = f"; and {len(moved) - 10} more" if len(moved) > 10 else ""
+            ctx.warn(f"{len(moved)} normalized image(s) whose background moved far from white{kept}: "
+                     + "; ".join(f"{m['file']}: {m['reason']}" for m in moved[:10]) + more)
+            meta["background_moved"] = moved
         counts = pd.Series(outcomes).value_counts().to_dict() if outcomes else {}
         meta.update({"normalizer": self.stain_kind, "stain_reference": str(ref_path),
                      "stain_reference_from": ref_note, "stain_state": state,
@@ -365,6 +431,17 @@ class _StainNormalizer(Component):
             strip = np.concatenate([a, np.full((a.shape[0], 4, 3), 255, np.uint8), b], axis=1)
             items.append((f"{iid}: before | after", png_bytes(strip, max_side=480)))
         ctx.report.gallery(f"{self.stain_kind} stain normalization", items, section="normalization")
+        moved = after.meta.get("background_moved") or []
+        if moved:
+            flagged = []
+            for m in moved[:6]:
+                a, b = before.read_image(m["image_id"]), after.read_image(m["image_id"])
+                if a.shape != b.shape:
+                    a = _resize(a, list(b.shape[:2]))
+                strip = np.concatenate([a, np.full((a.shape[0], 4, 3), 255, np.uint8), b], axis=1)
+                flagged.append((f"{m['image_id']}: before | after; {m['reason']}", png_bytes(strip, max_side=480)))
+            ctx.report.gallery(f"{self.stain_kind}: {len(moved)} image(s) whose background moved away from white",
+                               flagged, section="normalization")
         o = after.meta["stain_outcomes"]
         ctx.report.text("Stain normalization outcome",
                         f"{o['normalized']} normalized, {o['passthrough']} kept unnormalized, {o['skipped']} "

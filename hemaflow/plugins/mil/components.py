@@ -135,6 +135,9 @@ class MILAggregator(MILModel):
         bags, capped at ``max_instances``)."""
         return 0
 
+    def check_bags(self, ctx: RunContext, bags: dict[str, Any]) -> None:
+        """Warn (``ctx.warn``) about bags this aggregator cannot use as intended; default: nothing."""
+
     def predict(self, net, x: np.ndarray, rng: np.random.Generator, crops=None) -> tuple[np.ndarray, np.ndarray]:
         """(class probabilities (C,), instance scores (n,) summing to one) for one test bag
         ``x`` (n, d); default: the network on the whole bag (:func:`~hemaflow.plugins.mil.train.predict_bag`)."""
@@ -215,6 +218,7 @@ class MILAggregator(MILModel):
             raise DataError(source, f"labels {unknown} are not among the classes {classes}")
         labels = {pid: classes.index(v) for pid, v in labels_str.items()}
         bags = make_bags(table)
+        self.check_bags(ctx, bags)
         has_truth = "truth" in table.columns and table["truth"].notna().any()
         abnormal = (~table["truth"].astype(str).str.lower().isin(NORMAL_TRUTH)).to_numpy() if has_truth else None
 
@@ -483,6 +487,15 @@ class MajorityVoteMIL(MILAggregator):
 
     def predict(self, net, x, rng, crops=None):
         return predict_by_vote(net, x, self.sub_bag_size(), rng, crops=crops)
+
+    def check_bags(self, ctx: RunContext, bags: dict[str, Any]) -> None:
+        """Warn when no bag is larger than a sub-bag: every sub-bag is then the whole bag, and the
+        vote is exactly mean pooling (same losses, same predictions as ``mean_mil``)."""
+        size, largest = self.sub_bag_size(), max((len(b) for b in bags.values()), default=0)
+        if bags and largest <= size:
+            ctx.warn(f"every bag has at most {largest} instance(s), not more than sub_bag_size {size}: each sub-bag "
+                     f"is the whole bag, so majority_vote_mil is exactly mean pooling (mean_mil) here; set "
+                     f"sub_bag_size below the bag sizes (e.g. {max(1, largest // 2)}) for a vote")
 
 
 def defaults_for(aggregator: str, **overrides: Any) -> dict[str, Any]:
