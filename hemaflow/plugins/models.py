@@ -23,7 +23,6 @@ Example::
 
 from __future__ import annotations
 
-import difflib
 import math
 from pathlib import Path
 from typing import Any
@@ -33,33 +32,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from hemaflow.core.errors import HemaflowError
+from hemaflow.plugins.model_names import check_model_name, pretrained_error  # noqa: F401  (torch-free, for validate)
 
 MASK_MODES = ("none", "valve", "channel", "spatial")
 
 
 # -- timm backbones ------------------------------------------------------------------------------
-def check_model_name(name: str) -> None:
-    """Raise a clear error (with close-name suggestions) if timm does not know ``name``."""
-    import timm
-
-    if timm.is_model(name):
-        return
-    known = timm.list_models()
-    close = difflib.get_close_matches(name, known, n=5, cutoff=0.6)
-    if not close:
-        close = timm.list_models(f"*{name.split('_')[0]}*")[:5]
-    hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-    raise HemaflowError(f"unknown timm model {name!r}{hint} (`python -c \"import timm; print(timm.list_models('*{name[:4]}*'))\"` lists names)")
-
-
-def pretrained_error(name: str) -> HemaflowError:
-    return HemaflowError(
-        f"pretrained weights for {name!r} cannot be downloaded: hemaflow runs offline. Save them once on a "
-        f"machine with network access, e.g. `python -c \"import timm, safetensors.torch as st; "
-        f"m = timm.create_model('{name}', pretrained=True); st.save_file(m.state_dict(), '{name}.safetensors')\"`, "
-        f"then set `pretrained: /path/to/{name}.safetensors` (a local .safetensors, .pth or .bin file)")
-
-
 def create_backbone(name: str, *, num_classes: int, pretrained: str | bool | None = None,
                     img_size: int | None = None, drop_rate: float = 0.0) -> nn.Module:
     """Create timm model ``name`` with ``num_classes`` outputs (0 = pooled features).

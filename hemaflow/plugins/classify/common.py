@@ -245,7 +245,7 @@ def _backbone_problems(params: dict[str, Any]) -> list[tuple[str, str]]:
     token_dim not divisible by heads. ``(json pointer below with/, message)`` pairs."""
     from pathlib import Path
 
-    from hemaflow.plugins.models import check_model_name, pretrained_error
+    from hemaflow.plugins.model_names import check_model_name, pretrained_error
 
     problems = []
     if "backbone" in params:
