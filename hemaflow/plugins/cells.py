@@ -24,7 +24,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hemaflow.core.component import Component, RunContext
+from hemaflow.core.bases import CellExtractor
+from hemaflow.core.component import RunContext
 from hemaflow.core.errors import DataError
 from hemaflow.core.markers import hookimpl
 
@@ -177,7 +178,7 @@ def _cells_one(item: tuple) -> dict[str, Any]:
     return {"image_id": image_id, "rows": rows, "scratch": scratch}
 
 
-class CellCrops(Component):
+class CellCrops(CellExtractor):
     """Cell table and square crops of every segmented white cell."""
 
     kind = "cells"

@@ -36,7 +36,8 @@ import numpy as np
 import pandas as pd
 
 from hemaflow.core.artifacts import Metrics, Predictions
-from hemaflow.core.component import Component, RunContext
+from hemaflow.core.bases import Evaluator
+from hemaflow.core.component import RunContext
 from hemaflow.core.errors import DataError
 from hemaflow.core.markers import hookimpl
 from hemaflow.plugins.artifacts import FeatureTable, ImageSet, Split
@@ -120,7 +121,7 @@ def _groups(names: list[str]) -> dict[str, list[int]]:
     return groups
 
 
-class CohortShift(Component):
+class CohortShift(Evaluator):
     """Metrics per cohort, a batch-effect check (cohort predictable from the features?), and a
     warning when a CV mixes cohorts that are that predictable."""
 

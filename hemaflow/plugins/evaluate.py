@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from hemaflow.core.artifacts import Metrics, Predictions
-from hemaflow.core.component import Component, RunContext
+from hemaflow.core.bases import Evaluator
+from hemaflow.core.component import RunContext
 from hemaflow.core.errors import DataError
 from hemaflow.core.markers import hookimpl
 from hemaflow.plugins import io
@@ -215,7 +216,7 @@ def _scores(g: pd.DataFrame, targets: tuple[str, ...], centre: bool, instances: 
     return out
 
 
-class SegmentationEvaluator(Component):
+class SegmentationEvaluator(Evaluator):
     """Dice and IoU of predicted masks against the data set's ground-truth masks; the centre
     cell of single-cell crops; instance matching of fields; scores by label and source.
 
@@ -445,7 +446,7 @@ def _headline(m: dict[str, Any]) -> dict[str, Any]:
     return {k: m.get(k) for k in ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "n")}
 
 
-class ClassificationEvaluator(Component):
+class ClassificationEvaluator(Evaluator):
     """Accuracy, balanced accuracy, macro F1, per-class scores, AUROC and confusion matrices.
 
     Predictions finer than patient are also aggregated to image and patient (mean probability

@@ -34,7 +34,8 @@ from typing import Any, Iterable
 import numpy as np
 import pandas as pd
 
-from hemaflow.core.component import Component, RunContext, cpu_count
+from hemaflow.core.bases import FeatureExtractor
+from hemaflow.core.component import RunContext, cpu_count
 from hemaflow.core.errors import DataError, RecipeError
 from hemaflow.core.markers import hookimpl
 from hemaflow.plugins import radiomics_utils as ru
@@ -55,7 +56,7 @@ def _skip_summary(skipped: list[dict[str, str]], unit: str) -> str:
 
 
 # -- radiomics ------------------------------------------------------------------------------------
-class RadiomicsFeatures(Component):
+class RadiomicsFeatures(FeatureExtractor):
     """pyradiomics features per cell (or per image) from RGB crops and 0/1/2 masks.
 
     Parameters (``with:``): ``per`` (cell|image), ``classes`` (feature classes), ``region``
@@ -430,7 +431,7 @@ def build_backbone(name: str, *, size: int | None = None, checkpoint: str | Path
     return model, info
 
 
-class EmbeddingFeatures(Component):
+class EmbeddingFeatures(FeatureExtractor):
     """Deep embeddings of cell crops from a timm backbone (pooled features, ``num_classes=0``).
 
     Random init (seeded from the recipe seed) unless ``checkpoint`` names a local file; hub

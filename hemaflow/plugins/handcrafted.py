@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from hemaflow.core.bases import FeatureExtractor
 from hemaflow.core.component import Component, RunContext, cpu_count
 from hemaflow.core.markers import hookimpl
 from hemaflow.plugins.artifacts import CellSet, FeatureTable
@@ -243,7 +244,7 @@ def extract_chunk(args: tuple[str, list[int], list[str]]) -> list[tuple[int, lis
     return out
 
 
-class CellFeatures(Component):
+class CellFeatures(FeatureExtractor):
     """Hand-made shape, colour and texture features of each segmented cell (about 90 columns).
 
     The classical baseline's features: fast (skimage, no pyradiomics), one fixed formula per

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hemaflow.core.component import Component, RunContext
+from hemaflow.core.bases import CellExtractor
+from hemaflow.core.component import RunContext
 from hemaflow.core.errors import DataError
 from hemaflow.core.markers import hookimpl
 
@@ -147,7 +148,7 @@ def _truth_for(images, table: pd.DataFrame) -> pd.Series | None:
     return pd.Series(out, index=table.index)
 
 
-class WholeImages(Component):
+class WholeImages(CellExtractor):
     """One instance per image (single-cell exports): the image padded square and resized."""
 
     kind = "cells"
@@ -195,7 +196,7 @@ class WholeImages(Component):
         return {"cells": _save_cellset(ctx, rows, crops, cmasks, size, images, self.name, skipped)}
 
 
-class Patches(Component):
+class Patches(CellExtractor):
     """A grid of patches over each field, kept where the mask covers enough ("patchify")."""
 
     kind = "cells"

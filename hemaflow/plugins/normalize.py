@@ -40,7 +40,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hemaflow.core.component import Component, RunContext
+from hemaflow.core.bases import Normalizer
+from hemaflow.core.component import RunContext
 from hemaflow.core.errors import DataError
 from hemaflow.core.markers import hookimpl
 
@@ -294,7 +295,7 @@ COMMON = {
 }
 
 
-class _StainNormalizer(Component):
+class _StainNormalizer(Normalizer):
     kind = "normalizer"
     inputs = {"images": "ImageSet", "split": "Split?"}
     outputs = {"images": "ImageSet"}

@@ -22,7 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from hemaflow.core.component import Component, RunContext
+from hemaflow.core.bases import Postprocessor
+from hemaflow.core.component import RunContext
 from hemaflow.core.errors import DataError
 from hemaflow.core.markers import hookimpl
 from hemaflow.plugins.segment import _disk, mask_file_name, write_mask_set
@@ -140,7 +141,7 @@ def _morphology_one(item: tuple[str, str, str, str, dict[str, Any]]) -> dict[str
     return {"image_id": image_id, "n_cells": int(inst.max())}
 
 
-class MorphologyPostprocessor(Component):
+class MorphologyPostprocessor(Postprocessor):
     """Fill holes, open/close, drop small objects, split touching cells, label instances."""
 
     kind = "postprocessor"

@@ -26,7 +26,8 @@ import numpy as np
 import pandas as pd
 
 from hemaflow.core.artifacts import Model
-from hemaflow.core.component import Component, RunContext
+from hemaflow.core.bases import FeatureExtractor
+from hemaflow.core.component import RunContext
 from hemaflow.core.errors import DataError
 from hemaflow.core.markers import hookimpl
 
@@ -239,7 +240,7 @@ def pretrain_fold(backbone, crops: np.ndarray, y: np.ndarray | None, val_crops: 
             "best_loss": float(best.get("val_loss", best["train_loss"]))}
 
 
-class InstanceEncoder(Component):
+class InstanceEncoder(FeatureExtractor):
     """Embeds every cell crop with a timm backbone, pre-trained per training fold if asked.
 
     Example::

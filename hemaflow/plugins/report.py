@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from hemaflow.core import atomic
-from hemaflow.core.component import Component
+from hemaflow.core.bases import Reporter
 from hemaflow.core.markers import hookimpl
 
 LEVEL_ORDER = ("patient", "image", "cell", "segmentation")
@@ -140,7 +140,7 @@ def page(title: str, body: str, *, css: str = CSS) -> str:
             f"<title>{esc(title)}</title><style>{css}</style></head><body>{body}</body></html>\n")
 
 
-class HtmlReporter(Component):
+class HtmlReporter(Reporter):
     """Writes ``report.html``: a self-contained page about one run (no network needed)."""
 
     kind = "reporter"

@@ -74,7 +74,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hemaflow.core.component import Component, RunContext
+from hemaflow.core.bases import CellExtractor
+from hemaflow.core.component import RunContext
 from hemaflow.core.errors import DataError
 from hemaflow.core.markers import hookimpl
 from hemaflow.plugins.instances import CELL_COLUMNS
@@ -244,7 +245,7 @@ def size_outliers(sizes: list[tuple[int, int] | None], max_size_ratio: float, ma
     return out
 
 
-class SingleCells(Component):
+class SingleCells(CellExtractor):
     """The centre white cell of each single-cell crop, alone, at a fixed physical scale."""
 
     kind = "cells"

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hemaflow.core.component import Component, RunContext
+from hemaflow.core.bases import Splitter as SplitterBase
+from hemaflow.core.component import RunContext
 from hemaflow.core.errors import DataError
 from hemaflow.core.markers import hookimpl
 from hemaflow.plugins.artifacts import ImageSet, Split
@@ -122,7 +123,7 @@ def _schema(props: dict[str, Any]) -> dict[str, Any]:
     return {"type": "object", "properties": {**props, "seed": SEED}, "additionalProperties": False}
 
 
-class Splitter(Component):
+class Splitter(SplitterBase):
     """Base of the splitters: an ImageSet in, a Split out, a seed parameter."""
 
     kind = "splitter"

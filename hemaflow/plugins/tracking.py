@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from hemaflow.core.component import Component
+from hemaflow.core.bases import Tracker
 from hemaflow.core.diff import flatten
 from hemaflow.core.errors import PluginError
 from hemaflow.core.markers import hookimpl
@@ -86,7 +86,7 @@ def _allow_file_store(uri: str) -> Iterator[None]:
         os.environ.pop("MLFLOW_ALLOW_FILE_STORE", None)
 
 
-class MlflowTracker(Component):
+class MlflowTracker(Tracker):
     """Log a finished run (recipe params, metrics, report) to MLflow."""
 
     kind = "tracker"

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hemaflow.core.component import Component, RunContext
+from hemaflow.core.bases import Classifier
+from hemaflow.core.component import RunContext
 from hemaflow.core.errors import DataError
 from hemaflow.core.markers import hookimpl
 from hemaflow.plugins.classify.common import (
@@ -34,7 +35,7 @@ from hemaflow.plugins.classify.tabular import (
 )
 
 
-class ApplyClassifier(Component):
+class ApplyClassifier(Classifier):
     """Apply a trained classifier (a ``model: Model`` from any component above) to new data.
 
     The fold models are averaged (mean probability) or one fold is used. The input must carry

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from hemaflow.core.artifacts import Model, Predictions
+from hemaflow.core.bases import Classifier
 from hemaflow.core.component import Component, RunContext
 from hemaflow.core.errors import DataError, HemaflowError
 
@@ -269,7 +270,7 @@ def _raise_problems(problems: list[tuple[str, str]]) -> None:
         raise HemaflowError("; ".join(f"{ptr}: {msg}" if len(problems) > 1 else msg for ptr, msg in problems))
 
 
-class NeuralClassifier(Component):
+class NeuralClassifier(Classifier):
     """Base of the classifiers that train one network per fold (``image_classifier``,
     ``tabular_attention``, ``multimodal``): their kind, outputs and parameter checks."""
 

@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from hemaflow.core.artifacts import Model
-from hemaflow.core.component import Component, RunContext
+from hemaflow.core.bases import Classifier
+from hemaflow.core.component import RunContext
 from hemaflow.core.errors import DataError
 from hemaflow.core.markers import hookimpl
 from hemaflow.plugins.classify.common import (
@@ -235,7 +236,7 @@ def _save_attention(ctx: RunContext, model: Model, attn: list[pd.DataFrame]) -> 
 
 
 # -- sklearn_classifier -------------------------------------------------------------------------------
-class SklearnClassifier(Component):
+class SklearnClassifier(Classifier):
     """Logistic regression, random forest or gradient boosting on a FeatureTable.
 
     Per fold: imputation and standard scaling fitted on the training partition only; the

@@ -24,7 +24,8 @@ from typing import Any, Iterable
 
 import pandas as pd
 
-from hemaflow.core.component import Component, RunContext
+from hemaflow.core.bases import Dataset
+from hemaflow.core.component import RunContext
 from hemaflow.core.errors import DataError
 from hemaflow.plugins import io
 from hemaflow.plugins.artifacts import ImageSet
@@ -148,7 +149,7 @@ def _check_chunk(args: tuple[list[dict[str, Any]], str, dict[str, Any] | None]) 
     return [_check_item(r, validate, spec) for r in recs]
 
 
-class FileDataset(Component):
+class FileDataset(Dataset):
     """Base of the readers: list -> validate -> apply ``on_error`` -> ImageSet (paths absolute).
 
     Subclasses implement :meth:`listing`. Relative paths in parameters are relative to the

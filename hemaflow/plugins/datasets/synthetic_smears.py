@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hemaflow.core.component import Component, RunContext
+from hemaflow.core.bases import Dataset
+from hemaflow.core.component import RunContext
 from hemaflow.core.markers import hookimpl
 from hemaflow.plugins import io
 from hemaflow.plugins.artifacts import ImageSet
@@ -32,7 +33,7 @@ def _render_item(item: dict[str, Any]) -> list[dict[str, Any]]:
     return cells
 
 
-class SyntheticSmears(Component):
+class SyntheticSmears(Dataset):
     """Procedurally generated Giemsa-like blood-smear fields with ground-truth white-cell masks.
 
     One row per field; masks are canonical PNGs (0 background, 1 cytoplasm, 2 nucleus); the

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from hemaflow.core.component import Component, RunContext
+from hemaflow.core.bases import Segmenter
+from hemaflow.core.component import RunContext
 from hemaflow.core.errors import DataError
 from hemaflow.core.markers import hookimpl
 from hemaflow.plugins.segment.adaptive import ADAPTIVE_DEFAULTS, adaptive_mask
@@ -140,7 +141,7 @@ def _num(lo: float, hi: float, default: float, description: str) -> dict[str, An
     return {"type": "number", "minimum": lo, "maximum": hi, "default": default, "description": description}
 
 
-class ClassicalSegmenter(Component):
+class ClassicalSegmenter(Segmenter):
     """White cells without training: nucleus and cytoplasm from each image's own colours.
 
     ``algorithm: adaptive`` (default, :mod:`.adaptive`): multi-Otsu nucleus on Lab a*-b*, lobes
@@ -246,7 +247,7 @@ def _ground_truth_one(item: tuple[str, str, dict | None, str]) -> dict[str, Any]
     return {"image_id": image_id}
 
 
-class GroundTruthSegmenter(Component):
+class GroundTruthSegmenter(Segmenter):
     """Pass the data set's own masks through as a MaskSet (canonical 0/1/2 PNGs)."""
 
     kind = "segmenter"

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from hemaflow.core.component import Component, RunContext
+from hemaflow.core.bases import Segmenter
+from hemaflow.core.component import RunContext
 from hemaflow.core.errors import DataError, did_you_mean
 from hemaflow.core.markers import hookimpl
 from hemaflow.plugins.segment.common import mask_file_name, report_overlays, write_mask_set
@@ -402,7 +403,7 @@ def partition_ids(images: Any, split: Any, fold: int, rng: np.random.Generator,
     return parts
 
 
-class DeepLabSegmenter(Component):
+class DeepLabSegmenter(Segmenter):
     """DeepLabV3 / DeepLabV3+ / U-Net (segmentation-models-pytorch) trained on the masks of the
     training partition, model selection on the validation partition, inference on every image."""
 

@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from hemaflow.core.component import Component, RunContext
+from hemaflow.core.bases import Segmenter
+from hemaflow.core.component import RunContext
 from hemaflow.core.errors import DataError
 from hemaflow.core.markers import hookimpl
 from hemaflow.plugins.segment.classical import classical_mask
@@ -32,7 +33,7 @@ def prompt_boxes(mask: np.ndarray, margin: float) -> list[tuple[int, int, int, i
     return boxes
 
 
-class SamSegmenter(Component):
+class SamSegmenter(Segmenter):
     """Segment Anything / MedSAM with box prompts, for users who have a checkpoint file.
 
     Boxes come from the classical segmenter (``prompts: classical``) or from the data set's own
