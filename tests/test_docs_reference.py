@@ -65,12 +65,40 @@ def test_the_other_modules_use_the_one_list():
     assert component.KINDS is KINDS and plugins.KIND_HOOKS is KIND_HOOKS and validate.STEP_KINDS is STEP_KINDS
 
 
-def test_every_builtin_component_has_its_kind_registered_by_its_hook(registry):
+def test_every_builtin_component_subclasses_its_kinds_base(registry):
     for kind, name, entry in registry.entries():
         assert entry.cls.kind == kind, name
+        assert issubclass(entry.cls, bases.base_of(kind)), f"{name} is not a {bases.base_of(kind).__name__}"
         assert isinstance(entry.cls.version, str) and entry.cls.version, name
     assert {"reporter", "tracker", "executor"} <= {k for k, _, _ in registry.entries()}
-    assert issubclass(registry.get("mil", "gated_attention_mil"), bases.MILModel)
+
+
+def test_a_plain_component_with_a_kind_string_still_registers():
+    """Plugins written before the bases existed keep working."""
+    from hemaflow import hookimpl
+    from hemaflow.core.plugins import build_registry, make_plugin_manager
+
+    class Old(Component):
+        kind, name, version = "normalizer", "old_style", "1"
+        inputs, outputs = {"images": "ImageSet"}, {"images": "ImageSet"}
+
+    class Plugin:
+        @hookimpl
+        def register_normalizers(register):
+            register(Old)
+
+    reg = build_registry(make_plugin_manager(entry_points=False, extra=[Plugin]))
+    assert reg.get("normalizer", "old_style") is Old and not issubclass(Old, bases.Normalizer)
+
+
+def test_the_bases_are_importable_from_hemaflow():
+    import hemaflow
+
+    for spec in KIND_SPECS:
+        assert getattr(hemaflow, spec.base) is bases.base_of(spec.name)
+        assert spec.base in hemaflow.__all__
+    with pytest.raises(AttributeError, match="no attribute 'Segmentor'"):
+        hemaflow.Segmentor  # noqa: B018
 
 
 # -- docs/reference.md ---------------------------------------------------------------------------
