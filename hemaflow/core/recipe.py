@@ -585,8 +585,14 @@ def _load_with_extends(path: Path, stack: list[Path], recipe: Recipe) -> dict[st
             except (OSError, ValueError):  # a NUL in the name, a name too long
                 found = False
             if not found:
+                shown = display_path(ppath)
                 raise RecipeError(Problem(src.path, o.line, o.col, "/extends",
-                                          f"extended recipe {parent!r} not found (looked for {display_path(ppath)})"))
+                                          f"extended recipe {parent!r} not found (looked for "
+                                          f"{shown if shown.isprintable() else repr(shown)})"))
+            if ppath.resolve() in [*stack, rpath]:
+                chain = [*stack, rpath]
+                chain = " -> ".join(display_path(q) for q in [*chain[chain.index(ppath.resolve()):], ppath.resolve()])
+                raise RecipeError(Problem(src.path, o.line, o.col, "/extends", f"extends cycle: {chain}"))
             if len(stack) + 1 >= MAX_EXTENDS_DEPTH:
                 raise RecipeError(Problem(src.path, o.line, o.col, "/extends",
                                           f"extends chain deeper than {MAX_EXTENDS_DEPTH} recipes: "

@@ -60,7 +60,7 @@ def test_extends_cycle(tmp_path, monkeypatch):
     write(tmp_path / "b.yaml", "extends: a.yaml\nname: b\n")
     with pytest.raises(RecipeError) as exc:
         load_recipe("a.yaml")
-    assert problems(exc) == ["b.yaml: /extends: extends cycle: a.yaml -> b.yaml -> a.yaml"]
+    assert problems(exc) == ["b.yaml:1:10: /extends: extends cycle: a.yaml -> b.yaml -> a.yaml"]
 
 
 def test_extends_missing_parent(tmp_path, monkeypatch):
