@@ -31,8 +31,55 @@ from hemaflow.core.markers import PROJECT
 
 ENTRY_POINT_GROUP = "hemaflow"
 
+
 class PluginWarning(UserWarning):
     """A third-party plugin could not be loaded; hemaflow continues without it."""
+
+
+@dataclass(frozen=True)
+class BrokenPlugin:
+    """A third-party plugin (or one of its components) that hemaflow left out, and why."""
+
+    plugin: str  # entry-point name
+    distribution: str  # e.g. "hemaflow-cellpose 0.3.0", or the entry point's value when unknown
+    message: str
+
+    def __str__(self) -> str:
+        return self.message
+
+
+STRICT_HINT = "HEMAFLOW_STRICT_PLUGINS=1 makes this an error"
+
+
+def _strict() -> bool:
+    return os.environ.get("HEMAFLOW_STRICT_PLUGINS") == "1"
+
+
+def _ep_distribution(ep: md.EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    if dist is None:
+        return ep.value
+    return f"{dist.metadata['name']} {dist.version}"
+
+
+def _report_broken(broken: list[BrokenPlugin], plugin: str, distribution: str, message: str,
+                   exc: BaseException | None = None) -> None:
+    """Warn about (or, in strict mode, raise for) a broken third-party plugin; record it."""
+    if _strict():
+        raise PluginError(message) from exc
+    broken.append(BrokenPlugin(plugin, distribution, message))
+    warnings.warn(f"{message} (distribution {distribution}; left out, the rest of hemaflow works; {STRICT_HINT})",
+                  PluginWarning, stacklevel=3)
+
+
+def _unknown_hooks(pm: pluggy.PluginManager, plugin: Any) -> list[str]:
+    """Hook implementations of ``plugin`` that match no hookspec (a typo like register_normalisers)."""
+    names = []
+    for name, caller in vars(pm.hook).items():
+        if getattr(caller, "spec", True) is None and any(
+                i.plugin is plugin and not i.optionalhook for i in caller.get_hookimpls()):
+            names.append(name)
+    return sorted(names)
 
 
 @dataclass
@@ -51,7 +98,7 @@ class Registry:
 
     components: dict[str, dict[str, Entry]] = field(default_factory=lambda: {k: {} for k in KINDS})
     artifact_types: dict[str, type[Artifact]] = field(default_factory=dict)
-    broken: list[str] = field(default_factory=list)
+    broken: list[BrokenPlugin] = field(default_factory=list)
 
     def get(self, kind: str, name: str) -> type[Component]:
         """Return the component class ``name`` of ``kind`` or raise UnknownComponentError."""
@@ -85,6 +132,14 @@ class Registry:
 _DISTS: dict[str, tuple[str, str]] = {}
 
 
+def _unknown_hook_message(name: str) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, [*KIND_HOOKS.values(), "register_artifact_types"], n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown hook {name!r}{hint}"
+
+
 def _dist_of(plugin_name: str) -> tuple[str, str]:
     if plugin_name in _DISTS:
         return _DISTS[plugin_name]
@@ -115,7 +170,10 @@ def make_plugin_manager(*, builtins: bool = True, entry_points: bool = True, ext
             except Exception as exc:
                 raise PluginError(f"built-in plugin {modname!r} failed to import: {type(exc).__name__}: {exc}") from exc
             pm.register(module, name=modname)
-    strict = os.environ.get("HEMAFLOW_STRICT_PLUGINS") == "1"
+    broken: list[BrokenPlugin] = []
+    third_party: set[str] = set()  # entry-point plugin names: their failures are isolated
+    pm.hemaflow_broken = broken  # type: ignore[attr-defined]  # read by build_registry
+    pm.hemaflow_third_party = third_party  # type: ignore[attr-defined]
     if entry_points:
         for ep in _third_party_entry_points():
             if pm.get_plugin(ep.name) is not None:
@@ -127,10 +185,16 @@ def make_plugin_manager(*, builtins: bool = True, entry_points: bool = True, ext
                     _DISTS[ep.name] = (ep.dist.metadata["name"], ep.dist.version)
             except (Exception, SystemExit) as exc:  # a broken plugin, even sys.exit at import: CLI goes on
                 msg = f"plugin {ep.name!r} ({ep.value}) failed to load: {type(exc).__name__}: {exc}"
-                if strict:
-                    raise PluginError(msg) from exc
-                warnings.warn(msg + " (continuing without it; HEMAFLOW_STRICT_PLUGINS=1 makes this an error)",
-                              PluginWarning, stacklevel=2)
+                _report_broken(broken, ep.name, _ep_distribution(ep), msg, exc)
+                continue
+            unknown = _unknown_hooks(pm, plugin)
+            if unknown:  # checked per plugin, so one typo does not fail pm.check_pending() for all
+                pm.unregister(plugin)
+                msg = f"plugin {ep.name!r} ({ep.value}) failed to load: " + "; ".join(
+                    _unknown_hook_message(u) for u in unknown)
+                _report_broken(broken, ep.name, _ep_distribution(ep), msg)
+                continue
+            third_party.add(ep.name)
     for plugin in extra:
         pm.register(plugin)
     try:
@@ -140,12 +204,43 @@ def make_plugin_manager(*, builtins: bool = True, entry_points: bool = True, ext
     return pm
 
 
+def _registration_problem(obj: Any, kind: str, src: str, hook: str) -> str | None:
+    """What is wrong with ``register(obj)`` called from ``hook`` of plugin ``src``, or None."""
+    if kind == "artifact":
+        if not (isinstance(obj, type) and issubclass(obj, Artifact)):
+            return f"plugin {src!r} registered {obj!r}, which is not an Artifact subclass"
+        return None
+    if not (isinstance(obj, type) and issubclass(obj, Component)):
+        return f"plugin {src!r} registered {obj!r}, which is not a Component subclass"
+    if obj.kind != kind:
+        right = KIND_HOOKS.get(obj.kind)
+        hint = f"; register it from {right}" if right else f"; kind must be one of {', '.join(KINDS)}"
+        return f"plugin {src!r} registered {obj.__name__} (kind {obj.kind!r}) through the {kind!r} hook{hint}"
+    if not obj.name:
+        return f"plugin {src!r} registered {obj.__name__} without a name"
+    return None
+
+
 def build_registry(pm: pluggy.PluginManager) -> Registry:
     """Call every register hook and collect the components; duplicates are errors."""
     reg = Registry()
     for t in CORE_TYPES:
         reg.artifact_types[t.type_name] = t
-    strict = os.environ.get("HEMAFLOW_STRICT_PLUGINS") == "1"
+    strict = _strict()
+    third_party: set[str] = getattr(pm, "hemaflow_third_party", set())
+    reg.broken.extend(getattr(pm, "hemaflow_broken", []))
+
+    def isolate(plugin_name: str, message: str) -> bool:
+        """Warn about a third-party plugin's bad registration and return True (skip it), or
+        return False for built-ins, plugins passed in code and strict mode (then it is raised)."""
+        if plugin_name not in third_party or strict:
+            return False
+        dist, version = _dist_of(plugin_name)
+        _report_broken(reg.broken, plugin_name, f"{dist} {version}", message)
+        return True
+
+    def ours(src: str) -> str:
+        return "" if src not in third_party else f", distribution {' '.join(_dist_of(src))}"
 
     for kind_or_artifacts, hookname in [("artifact", "register_artifact_types"), *((k, h) for k, h in KIND_HOOKS.items())]:
         hook = getattr(pm.hook, hookname)
@@ -154,25 +249,35 @@ def build_registry(pm: pluggy.PluginManager) -> Registry:
             dist, version = _dist_of(plugin_name)
 
             def register(obj: Any, _kind: str = kind_or_artifacts, _src: str = plugin_name,
-                         _dist: str = dist, _ver: str = version) -> None:
+                         _dist: str = dist, _ver: str = version, _hook: str = hookname) -> None:
+                problem = _registration_problem(obj, _kind, _src, _hook)
+                if problem is not None:
+                    if isolate(_src, problem):
+                        return
+                    raise PluginError(problem)
                 if _kind == "artifact":
-                    if not (isinstance(obj, type) and issubclass(obj, Artifact)):
-                        raise PluginError(f"plugin {_src!r} registered {obj!r}, which is not an Artifact subclass")
+                    old = reg.artifact_types.get(obj.type_name)
+                    if old is not None and old is not obj:
+                        clash = (f"plugin {_src!r} registered artifact type {obj.type_name!r}, which "
+                                 f"{old.__module__}.{old.__qualname__} already is; rename its type_name")
+                        if isolate(_src, clash):
+                            return
+                        raise PluginError(clash)
                     reg.artifact_types[obj.type_name] = obj
                     return
-                if not (isinstance(obj, type) and issubclass(obj, Component)):
-                    raise PluginError(f"plugin {_src!r} registered {obj!r}, which is not a Component subclass")
-                if obj.kind != _kind:
-                    raise PluginError(f"plugin {_src!r} registered {obj.__name__} (kind {obj.kind!r}) "
-                                      f"through the {_kind!r} hook")
-                if not obj.name:
-                    raise PluginError(f"plugin {_src!r} registered {obj.__name__} without a name")
                 existing = reg.components[_kind].get(obj.name)
                 if existing is not None and existing.cls is not obj:
-                    raise PluginError(
-                        f"duplicate {_kind} component name {obj.name!r}: registered by "
-                        f"{existing.source} ({existing.cls.__module__}.{existing.cls.__qualname__}) and by "
-                        f"{_src} ({obj.__module__}.{obj.__qualname__})")
+                    msg = (f"duplicate {_kind} component name {obj.name!r}: registered by "
+                           f"{existing.source} ({existing.cls.__module__}.{existing.cls.__qualname__}"
+                           f"{ours(existing.source)}) and by {_src} ({obj.__module__}.{obj.__qualname__}{ours(_src)})")
+                    loser = _src if _src in third_party else existing.source
+                    if loser in third_party and not strict:
+                        msg += f"; the one from {loser!r} is left out (rename it)"
+                        isolate(loser, msg)
+                        if loser == existing.source:  # a built-in after a third party: the built-in wins
+                            reg.components[_kind][obj.name] = Entry(obj, _src, _dist, _ver)
+                        return
+                    raise PluginError(msg)
                 reg.components[_kind][obj.name] = Entry(obj, _src, _dist, _ver)
 
             try:
@@ -180,12 +285,14 @@ def build_registry(pm: pluggy.PluginManager) -> Registry:
             except PluginError:
                 raise
             except Exception as exc:
-                if plugin_name.startswith("hemaflow.plugins") or strict:
-                    raise PluginError(f"plugin {plugin_name!r} failed in {hookname}: "
-                                      f"{type(exc).__name__}: {exc}") from exc
                 msg = f"plugin {plugin_name!r} failed in {hookname}: {type(exc).__name__}: {exc}"
-                reg.broken.append(msg)
-                warnings.warn(msg, PluginWarning, stacklevel=2)
+                if plugin_name.startswith("hemaflow.plugins") or strict:
+                    raise PluginError(msg) from exc
+                if plugin_name in third_party:
+                    _report_broken(reg.broken, plugin_name, f"{dist} {version}", msg, exc)
+                else:
+                    reg.broken.append(BrokenPlugin(plugin_name, f"{dist} {version}", msg))
+                    warnings.warn(msg, PluginWarning, stacklevel=2)
     return reg
 
 
