@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,7 +50,17 @@ def diff(a: dict[str, Any], b: dict[str, Any], *, ignore: tuple[str, ...] = ()) 
         if any(k == i or k.startswith(i + ".") for i in ignore):
             continue
         va, vb = fa.get(k, MISSING), fb.get(k, MISSING)
-        if va != vb or type(va) is not type(vb) and not (isinstance(va, (int, float)) and isinstance(vb, (int, float))):
-            if va != vb:
-                out.append(Change(k, va, vb))
+        if not _same(va, vb):
+            out.append(Change(k, va, vb))
     return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal values; NaN equals NaN here (an undefined metric in both runs is no difference)."""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return True
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return bool(a == b)
