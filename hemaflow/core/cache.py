@@ -91,14 +91,15 @@ class EntryDamaged(Exception):
     """A cache entry failed its integrity check; the message says which file and how."""
 
 
-def safe_relpath(text: Any) -> str | None:
-    """``text`` as a relative POSIX path that stays inside its folder, else None."""
-    if not isinstance(text, str) or not text or "\\" in text or "\0" in text:
+def safe_relpath(text: Any, *, dot: bool = False) -> str | None:
+    """``text`` if it is a normalized relative POSIX path that stays inside its folder (no
+    absolute path, no ``..``, ``.`` or empty parts; ``"."`` itself only with ``dot``), else None.
+    Plain string checks: this runs for every file of every entry on each lookup."""
+    if not isinstance(text, str) or not text or text[0] == "/" or "\0" in text:
         return None
-    p = PurePosixPath(text)
-    if p.is_absolute() or not p.parts or ".." in p.parts:
-        return None
-    return p.as_posix()
+    if dot and text == ".":
+        return text
+    return None if any(part in ("", ".", "..") for part in text.split("/")) else text
 
 
 @dataclass
@@ -289,7 +290,7 @@ class StepCache:
         for name, d in desc.items():
             if not isinstance(d, dict) or not isinstance(d.get("type"), str):
                 raise EntryDamaged(f"outputs.json: output {name!r} has no type")
-            rel = safe_relpath(d.get("path"))
+            rel = safe_relpath(d.get("path"), dot=True)
             if rel is None:
                 raise EntryDamaged(f"outputs.json: output {name!r} has path {str(d.get('path'))[:80]!r}, "
                                    "which leaves the entry")
@@ -357,15 +358,23 @@ class StepCache:
         info = json.loads(json.dumps(dict(info, key=key, manifest_version=MANIFEST_VERSION, manifest=rows),
                                      default=str))  # as read back: the hash is over what lookup will see
         info["sha256"] = info_hash(info)
-        atomic.write_text(workdir / STAMPS, json.dumps(stamps), fsync=False)
-        atomic.write_text(workdir / STEP_JSON, json.dumps(info, indent=1, default=str), fsync=False)
+        # plain writes: nobody sees the work directory before the rename below
+        (workdir / STAMPS).write_text(json.dumps(stamps))
+        (workdir / STEP_JSON).write_text(json.dumps(info, indent=1, default=str))
         final = self.entry(key)
         final.parent.mkdir(parents=True, exist_ok=True)
         try:
             os.rename(workdir, final)
         except OSError:
-            # another run finished the same step first (and passed the lock's timeout): keep theirs
-            shutil.rmtree(workdir, ignore_errors=True)
+            # another run finished the same step first (it waited past the lock timeout): keep
+            # theirs if it is sound, else replace it (OSError if even that fails)
+            try:
+                self.check(key)
+            except EntryDamaged:
+                self.remove(key)
+                os.rename(workdir, final)
+            else:
+                shutil.rmtree(workdir, ignore_errors=True)
         return final
 
     def discard(self, workdir: Path) -> None:

@@ -334,7 +334,12 @@ class Runner:
         info = {"component": spec.uses, "step": spec.id, "version": spec.cls.version, "params": spec.params, "key": key,
                 "seconds": seconds, "warnings": ctx.warnings, "fingerprint": fp,
                 "finished": dt.datetime.now(dt.timezone.utc).isoformat()}
-        entry = self.cache.commit(key, workdir, info)
+        try:
+            entry = self.cache.commit(key, workdir, info)
+        except (OSError, ValueError) as exc:  # a link among the outputs, a cache that cannot take the entry
+            self.cache.discard(workdir)
+            raise StepError(spec.id, spec.uses, f"cannot store the step's outputs in the cache "
+                                                f"{self.cache.root}: {exc}") from None
         damaged = self._cache_warnings.pop(spec.id, None)
         res = StepResult(spec.id, spec.uses, spec.kind, key, False, seconds, entry, spec.params,
                          self._load_outputs(key), [damaged] * bool(damaged) + list(ctx.warnings))

@@ -358,3 +358,50 @@ def test_big_files_are_hashed_once_per_machine(tmp_path, monkeypatch):
         assert filehash.file_sha256(big) != digest and len(calls) == 2
     finally:
         filehash.attach(None)
+
+
+# -- what a component may leave in its entry ------------------------------------------------------
+def _run_with(registry, tmp_path, run_fn):
+    from hemaflow.core.artifacts import Metrics
+    from hemaflow.core.component import Component
+    from hemaflow.core.plugins import Entry
+    from hemaflow.core.recipe import load_recipe
+    from hemaflow.core.runner import Runner
+    from hemaflow.core.validate import resolve
+
+    class Odd(Component):
+        kind = "evaluator"
+        name = "odd_outputs"
+        outputs = {"metrics": "Metrics"}
+
+        def run(self, ctx):
+            return {"metrics": run_fn(ctx, Metrics)}
+
+    registry.components["evaluator"]["odd_outputs"] = Entry(Odd, "tests", "tests", "0")
+    recipe = tmp_path / "odd.yaml"
+    recipe.write_text("name: odd\nseed: 0\ndevice: cpu\nsteps:\n  odd: {uses: odd_outputs}\n")
+    runner = Runner(resolve(load_recipe(recipe), registry), registry, cache_dir=tmp_path / "cache")
+    return runner.run(tmp_path / "run")
+
+
+def test_a_link_among_a_steps_outputs_is_refused(registry, tmp_path):
+    from hemaflow.core.errors import StepError
+
+    def run(ctx, Metrics):
+        art = Metrics(ctx.out_dir("metrics"), {"values": {"x": {"n": 1}}})
+        (art.path / "leak").symlink_to("/etc/hostname")
+        return art
+
+    with pytest.raises(StepError, match="'metrics/leak', which is not a regular file .links are not allowed."):
+        _run_with(registry, tmp_path, run)
+    assert not list((tmp_path / "cache" / "tmp").iterdir())
+
+
+def test_an_output_outside_the_work_directory_is_refused(registry, tmp_path):
+    from hemaflow.core.errors import StepError
+
+    def run(ctx, Metrics):
+        return Metrics(tmp_path / "elsewhere", {"values": {}}).save()
+
+    with pytest.raises(StepError, match="output 'metrics': output folder .* is outside the step's work directory"):
+        _run_with(registry, tmp_path, run)
