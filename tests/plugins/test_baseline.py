@@ -155,3 +155,28 @@ def test_baseline_recipes_run_tiny(tmp_path, registry, monkeypatch):
     m = json.loads((tmp_path / "ext" / "metrics.json").read_text())
     assert m["patient"]["n"] == 4 and list(m["cohort"]["per_cohort"]) == ["B"]
     assert m["cohort"]["folds_mixing_cohorts"] == 0 and m["cohort"]["warning"] is False
+
+
+def test_auto_c_regularizes_many_noisy_features_and_needs_two_per_class():
+    from hemaflow.plugins.mil.baseline import AUTO_CS, AutoC
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 20)
+    x = rng.normal(size=(40, 400))
+    x[:, 0] += 1.5 * y  # one informative column among 400
+    est = AutoC(class_weight="balanced", seed=0).fit(x, y)
+    assert est.chosen_C in AUTO_CS and est.chosen_C < 1.0
+    assert est.predict_proba(x).shape == (40, 2) and set(est.classes_) == {0, 1}
+    # one patient of a class: no inner split possible, the fixed C=1 is used
+    one = AutoC(class_weight=None, seed=0).fit(x[:21], y[:21])
+    assert one.chosen_C == 1.0
+
+
+def test_auto_c_is_the_default_and_recorded_per_fold(tmp_path, data):
+    feats, cells, split = data
+    assert PooledBaseline.schema["properties"]["C"]["default"] == "auto"
+    out = make(PooledBaseline).run(make_context(tmp_path / "ctx"), split=split, features=feats)
+    folds = out["metrics"].values["mil"]["folds"]
+    assert len(folds) == 3 and all(f["C"] > 0 for f in folds)
+    fixed = make(PooledBaseline, C=0.5).run(make_context(tmp_path / "ctx2"), split=split, features=feats)
+    assert all("C" not in f for f in fixed["metrics"].values["mil"]["folds"])
