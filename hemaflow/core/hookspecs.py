@@ -10,6 +10,11 @@ A recipe step ``uses:`` a registered name; the runner instantiates the class wit
 validated ``with:`` parameters and calls ``run(ctx, **inputs)``. What each kind consumes and
 produces (the artifact types) is stated per hook below; a component states the exact types in
 its ``inputs`` and ``outputs`` class attributes and the runner checks them before running.
+
+Each kind has a public base class that sets ``kind`` and the usual ``inputs``/``outputs`` and
+states them in its docstring: :mod:`hemaflow.core.bases`, importable from :mod:`hemaflow`
+(``from hemaflow import Segmenter``). :mod:`hemaflow.core.kinds` is the one table of kind, hook
+and base; docs/reference.md lists them all.
 """
 
 from __future__ import annotations
