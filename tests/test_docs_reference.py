@@ -73,6 +73,14 @@ def test_every_builtin_component_subclasses_its_kinds_base(registry):
     assert {"reporter", "tracker", "executor"} <= {k for k, _, _ in registry.entries()}
 
 
+def test_every_builtin_component_owns_its_version(registry):
+    """A version belongs to the component: none is inherited from a shared base, so changing one
+    component's results never invalidates another's cache entries."""
+    for kind, name, entry in registry.entries():
+        owner = next(k for k in entry.cls.__mro__ if "version" in k.__dict__)
+        assert owner is entry.cls, f"{name} inherits its version from {owner.__name__}"
+
+
 def test_a_plain_component_with_a_kind_string_still_registers():
     """Plugins written before the bases existed keep working."""
     from hemaflow import hookimpl

@@ -94,6 +94,7 @@ class SerialExecutor(Executor):
     """Runs items one after another in this process (the default)."""
 
     name = "serial"
+    version = "1"
 
 
 class ProcessExecutor(Executor):
@@ -105,6 +106,7 @@ class ProcessExecutor(Executor):
     """
 
     name = "processes"
+    version = "1"
     schema = {
         "type": "object",
         "properties": {
@@ -200,6 +202,7 @@ class DaskExecutor(Executor):
     """
 
     name = "dask"
+    version = "1"
     schema = {
         "type": "object",
         "properties": {
