@@ -12,8 +12,9 @@ An entry is written in ``tmp/`` and renamed into place only after the step finis
 run never leaves half an entry. ``step.json`` holds a content manifest of the entry (every file's
 relative path, size and SHA-256) and the SHA-256 of its own content. :meth:`StepCache.lookup` checks
 an entry cheaply before it is used: ``step.json`` parses and matches its hash, exactly the
-listed files exist (no links, nothing extra), sizes match, and a file whose ``mtime``/inode moved
-since the commit (``.stamps.json``) is hashed again. :meth:`StepCache.verify` hashes everything
+listed files exist (no links, nothing extra), sizes match, and a file whose stat stamp (size,
+``mtime``, inode, ``ctime``) moved since the commit (``.stamps.json``) is hashed again.
+``check(key, full=True)`` hashes everything
 (``hemaflow cache verify``). A damaged entry raises :class:`EntryDamaged`; the runner discards it
 and computes the step again. Paths in ``outputs.json`` are confined to the entry.
 
@@ -225,7 +226,7 @@ class StepCache:
 
         The cheap check (``full=False``) reads ``step.json`` and stats every file: the listed
         files, and only they, exist with the recorded sizes; a file whose stamp (size, mtime,
-        inode) differs from the one recorded at commit is hashed. ``full=True`` hashes every file.
+        inode, ctime) differs from the one recorded at commit is hashed. ``full=True`` hashes every file.
 
         Raises:
             EntryDamaged: naming the first problem found.
@@ -240,9 +241,12 @@ class StepCache:
             raise EntryDamaged(f"{odd[0]} is not a regular file (a link or device)")
         rows = info["manifest"]
         listed = {r[0] for r in rows}
-        for rel in sorted(listed - set(files)):
-            raise EntryDamaged(f"{rel} is missing")
-        extra = sorted(set(files) - listed - {STEP_JSON, STAMPS})
+        missing = sorted(listed - set(files))
+        if missing:
+            raise EntryDamaged(f"{missing[0]} is missing")
+        # (a concurrent lookup may be replacing .stamps.json right now: its temporary file is no damage)
+        extra = sorted(f for f in set(files) - listed - {STEP_JSON, STAMPS}
+                       if not f.startswith(f".{STAMPS}{atomic.TMP_MARK}"))
         if extra:
             raise EntryDamaged(f"{extra[0]} is not part of the entry's manifest")
         stamps: dict[str, Any] = {}

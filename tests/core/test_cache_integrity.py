@@ -405,3 +405,11 @@ def test_an_output_outside_the_work_directory_is_refused(registry, tmp_path):
 
     with pytest.raises(StepError, match="output 'metrics': output folder .* is outside the step's work directory"):
         _run_with(registry, tmp_path, run)
+
+
+def test_a_stamps_refresh_in_flight_is_no_damage(cache, tmp_path):
+    # another run replacing .stamps.json atomically leaves its temporary file there for a moment
+    entry = entry_of(cache, "segment")
+    (entry / f".{STAMPS}.tmp-{os.getpid()}-0123abcd").write_text("{}")
+    code, out = rerun(tmp_path)
+    assert code == 0 and all(s["cache_hit"] for s in provenance(out)["steps"])
