@@ -11,8 +11,12 @@ command line (``--set steps.encoder=!reset``)::
       segment: {with: !reset {min_area: 80}}   # replace the inherited with: instead of merging
 
 ``!reset VALUE`` replaces the inherited value by ``VALUE`` as a whole (no deep merge). When an
-extending recipe (or ``--set``) changes a step's ``uses:``, the parent's ``with:`` for that step
-is dropped: it held another component's parameters (``resolve --origins`` notes the drop).
+extending recipe (or ``--set``) changes a step's ``uses:``, the parent's ``with:`` keys that the
+new component does not accept are dropped: they were another component's parameters (the
+classical segmenter's ``min_area`` means nothing to ``deeplabv3``). Keys it shares, e.g. the
+``epochs`` every MIL aggregator takes, are kept, so an ablation that swaps only ``uses:`` keeps
+the parent's training setup. ``resolve --origins`` notes every drop; ``with: !reset {...}``
+drops them all.
 
 Every value of a loaded recipe is located by its JSON pointer (``/steps/mil/with/epochs``) in
 an :class:`Origin`: the file, line and column it came from, a ``--set`` override, or a schema
@@ -448,7 +452,8 @@ class Recipe:
     origins: dict[str, Origin] = field(default_factory=dict)
     key_origins: dict[str, Origin] = field(default_factory=dict)
     files: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)  # e.g. a parent's with: dropped because uses: changed
+    notes: list[str] = field(default_factory=list)  # e.g. a parent's with: keys dropped because uses: changed
+    replaced_uses: dict[str, "ReplacedUses"] = field(default_factory=dict)  # step id -> its uses: change
 
     @property
     def name(self) -> str:
@@ -520,38 +525,43 @@ def _forget(origins: dict[str, Origin], key_origins: dict[str, Origin], ptr: str
             d.pop(p, None)
 
 
-def _drop_replaced_with(base: dict[str, Any], over: dict[str, Any], recipe: Recipe,
-                        uses_origin: Callable[[str], Any], keep_over: bool) -> None:
-    """Where ``over`` changes a step's ``uses:``, drop ``base``'s ``with:`` for that step: it held
-    the parameters of another component. Records a note for ``resolve --origins``.
+@dataclass
+class ReplacedUses:
+    """A step whose ``uses:`` a later layer (a child recipe, ``--set``) changed.
 
-    ``uses_origin(pointer)`` says where the new ``uses:`` comes from. With ``keep_over``, the
-    origins of ``with:`` keys that ``over`` itself gives are kept (they are already recorded).
+    ``inherited`` maps the pointer of each ``with:`` key the step had from before the change to
+    that value's origin then; validation drops those the new component does not accept (they were
+    another component's parameters) as long as no later layer set them again.
     """
+
+    old: str
+    new: str
+    changed_at: str
+    inherited: dict[str, Origin]
+
+
+def _note_replaced_uses(base: dict[str, Any], over: dict[str, Any], recipe: Recipe,
+                        uses_origin: Callable[[str], Any]) -> None:
+    """Record (in ``recipe.replaced_uses``) every step whose ``uses:`` ``over`` changes from ``base``'s."""
     bsteps, osteps = base.get("steps"), over.get("steps")
     if not isinstance(bsteps, dict) or not isinstance(osteps, dict):
         return
     for sid, ostep in osteps.items():
         bstep = bsteps.get(sid)
-        if not isinstance(ostep, dict) or not isinstance(bstep, dict) or "with" not in bstep:
+        if not isinstance(ostep, dict) or not isinstance(bstep, dict) or not isinstance(bstep.get("with"), dict):
             continue
         new = ostep.get("uses")
         new = new.value if isinstance(new, Replace) else new
         old = bstep.get("uses")
-        if new is None or new is RESET or new == old:
+        if not isinstance(new, str) or new == old:
             continue
         ptr = pointer("steps", sid, "with")
-        came = recipe.locate(ptr)
         owith = ostep.get("with")
-        keep = set(_flat_pointers(owith, ptr)[1:]) if keep_over and isinstance(owith, dict) else set()
-        for d in (recipe.origins, recipe.key_origins):
-            for p in [ptr, *_descendants(d, ptr)]:
-                if p not in keep:
-                    d.pop(p, None)
-        base["steps"] = bsteps = dict(bsteps)
-        bsteps[sid] = {k: v for k, v in bstep.items() if k != "with"}
-        recipe.notes.append(f"{ptr}: dropped the with: of {old!r} from {came}, because "
-                            f"{uses_origin(pointer('steps', sid, 'uses'))} changes uses to {new!r}")
+        own_keys = set(owith) if isinstance(owith, dict) and not isinstance(owith, Replace) else set()
+        inherited = {f"{ptr}/{escape(k)}": recipe.locate(f"{ptr}/{escape(k)}") for k in bstep["with"]
+                     if k not in own_keys}
+        recipe.replaced_uses[sid] = ReplacedUses(str(old), new, str(uses_origin(pointer("steps", sid, "uses"))),
+                                                 inherited)
 
 
 def _short_chain(paths: list[Path]) -> str:
@@ -602,10 +612,10 @@ def _load_with_extends(path: Path, stack: list[Path], recipe: Recipe) -> dict[st
                                           f"extends reads more than {MAX_EXTENDS_FILES} recipe files (the same parents "
                                           f"extended many times over?)"))
             parent_data = _load_with_extends(ppath, [*stack, rpath], recipe)
-            _drop_replaced_with(merged, parent_data, recipe, recipe.origins.get, keep_over=True)
+            _note_replaced_uses(merged, parent_data, recipe, recipe.origins.get)
             merged = _merge(merged, parent_data, "", recipe.origins, recipe.key_origins, None)
     own = {k: v for k, v in data.items() if k != "extends"}
-    _drop_replaced_with(merged, own, recipe, src.values.get, keep_over=False)
+    _note_replaced_uses(merged, own, recipe, src.values.get)
     # re-apply this file's locations for everything it defines
     return _merge_source(merged, own, src, recipe)
 
@@ -690,11 +700,10 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     path = Path(path)
     recipe = Recipe(path=path, data={})
     recipe.data = _load_with_extends(path, [], recipe)
-    for text in overrides:  # a --set that changes a step's uses: drops the files' with: for it first
+    for text in overrides:
         parts, value = parse_override(text)
         for part in reversed(parts):
             value = {part: value}
-        _drop_replaced_with(recipe.data, value, recipe, lambda p, _t=text: f"--set {_t}", keep_over=False)
-    for text in overrides:
+        _note_replaced_uses(recipe.data, value, recipe, lambda p, _t=text: f"--set {_t}")
         apply_override(recipe, text)
     return recipe

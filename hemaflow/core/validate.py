@@ -196,6 +196,7 @@ def resolve(recipe: Recipe, registry: Registry) -> Resolved:
         if not found:
             continue
         kind, cls = found
+        _drop_foreign_params(recipe, sid, cls, step)
         step["with"] = _check_params(recipe, cls, step.get("with"), f"{ptr}/with", problems)
         specs[sid] = StepSpec(sid, step["uses"], kind, cls, step["with"], {})
 
@@ -254,6 +255,29 @@ def resolve(recipe: Recipe, registry: Registry) -> Resolved:
         problems = problems[:first] + [p for p in problems[first:] if p.pointer not in not_finite]
         raise RecipeError(_dedupe(problems))
     return Resolved(recipe, data, [specs[s] for s in order])
+
+
+def _drop_foreign_params(recipe: Recipe, sid: str, cls: type, step: dict[str, Any]) -> None:
+    """A step whose ``uses:`` a later layer changed loses the inherited ``with:`` keys the new
+    component does not accept (another component's parameters); noted for ``resolve --origins``."""
+    change = getattr(recipe, "replaced_uses", {}).get(sid)
+    params = step.get("with")
+    props = (cls.schema or {}).get("properties")
+    if change is None or not isinstance(params, dict) or props is None or cls.schema.get("additionalProperties", True):
+        return
+    ptr = f"/steps/{escape(sid)}/with"
+    dropped = []
+    for key in list(params):
+        kptr = f"{ptr}/{escape(key)}"
+        if key not in props and kptr in change.inherited and recipe.locate(kptr) == change.inherited[kptr]:
+            del params[key]
+            for d in (recipe.origins, recipe.key_origins):
+                for p in [kptr, *[q for q in d if q.startswith(kptr + "/")]]:
+                    d.pop(p, None)
+            dropped.append(f"{key} ({change.inherited[kptr]})")
+    if dropped:
+        recipe.notes.append(f"{ptr}: dropped {', '.join(dropped)}: parameters of {change.old!r}, which "
+                            f"{change.new!r} does not take ({change.changed_at} changes uses)")
 
 
 def _value_at(data: Any, ptr: str) -> Any:

@@ -181,32 +181,44 @@ def test_reset_with_a_value_replaces_instead_of_merging(tmp_path, monkeypatch):
     assert str(r.origins["/steps/mil/with/hidden"]) == "--set steps.mil.with=!reset {hidden: 4}"
 
 
-def test_changing_uses_drops_the_parents_with(tmp_path, monkeypatch):
+def test_changing_uses_drops_the_parameters_the_new_component_lacks(tmp_path, monkeypatch, registry, capsys):
+    from hemaflow.core.cli import main
+    from hemaflow.core.validate import resolve
+
     monkeypatch.chdir(tmp_path)
-    write(tmp_path / "base.yaml", """
-        name: base
+    tiny = Path(__file__).resolve().parent / "recipes" / "tiny.yaml"
+    write(tmp_path / "base.yaml", f"""
+        extends: {tiny}
         steps:
-          seg: {uses: classical, with: {min_area: 10}, inputs: {images: data}}
-          same: {uses: classical, with: {min_area: 10}}
+          segment: {{with: {{min_contrast: 5, on_error: skip}}}}
     """)
     write(tmp_path / "child.yaml", """
         extends: base.yaml
         steps:
-          seg: {uses: deeplabv3, with: {epochs: 2}}
-          same: {uses: classical, with: {max_area: 5}}
+          segment: {uses: ground_truth}
     """)
-    r = load_recipe("child.yaml")
-    assert r.data["steps"]["seg"] == {"uses": "deeplabv3", "with": {"epochs": 2}, "inputs": {"images": "data"}}
-    assert r.data["steps"]["same"]["with"] == {"min_area": 10, "max_area": 5}  # same uses: merged as before
-    assert r.notes == ["/steps/seg/with: dropped the with: of 'classical' from base.yaml:3:32, because "
-                       "child.yaml:3:15 changes uses to 'deeplabv3'"]
-    assert str(r.origins["/steps/seg/with/epochs"]) == "child.yaml:3:41"
-    assert "/steps/seg/with/min_area" not in r.origins
-    # --set does the same, whatever the order of the overrides
-    r = load_recipe("base.yaml", ["steps.seg.with.epochs=3", "steps.seg.uses=deeplabv3"])
-    assert r.data["steps"]["seg"]["with"] == {"epochs": 3}
-    assert r.notes == ["/steps/seg/with: dropped the with: of 'classical' from base.yaml:3:32, because "
-                       "--set steps.seg.uses=deeplabv3 changes uses to 'deeplabv3'"]
+    res = resolve(load_recipe("child.yaml"), registry)
+    # classical's min_contrast means nothing to ground_truth: dropped; on_error both take: kept
+    assert res.data["steps"]["segment"]["with"] == {"missing": "error", "on_error": "skip"}
+    assert res.recipe.notes == ["/steps/segment/with: dropped min_contrast (base.yaml:3:34): parameters of "
+                                "'classical', which 'ground_truth' does not take (child.yaml:3:19 changes uses)"]
+    assert str(res.recipe.origins["/steps/segment/with/on_error"]) == "base.yaml:3:47"
+    assert main(["resolve", "--origins", "child.yaml"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert 'steps.segment.with.on_error: "skip"    # base.yaml:3:47' in out
+    assert out[-1] == "# note: " + res.recipe.notes[0]
+    # --set the same, whatever the order; a key given again after the change is the user's: an error
+    res = resolve(load_recipe("base.yaml", ["steps.segment.with.on_error=stop", "steps.segment.uses=ground_truth"]),
+                  registry)
+    assert res.data["steps"]["segment"]["with"] == {"missing": "error", "on_error": "stop"}
+    with pytest.raises(RecipeError) as exc:
+        resolve(load_recipe("child.yaml", ["steps.segment.with.min_contrast=3"]), registry)
+    assert "unknown key 'min_contrast'" in str(exc.value)
+    # the same uses: parameters merge as before
+    write(tmp_path / "same.yaml", "extends: base.yaml\nsteps: {segment: {uses: classical, with: {window: 3}}}\n")
+    res = resolve(load_recipe("same.yaml"), registry)
+    assert (res.data["steps"]["segment"]["with"]["min_contrast"], res.data["steps"]["segment"]["with"]["window"]) == (5, 3)
+    assert res.recipe.notes == []
 
 
 def test_override_errors(tmp_path):
