@@ -7,6 +7,8 @@ before the contract existed."""
 from __future__ import annotations
 
 import inspect
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -126,6 +128,15 @@ def test_builtins_are_subclasses_with_their_own_version():
         assert "version" in cls.__dict__, f"{cls.__name__} inherits its version"
         assert cls.make_net is not MILAggregator.make_net
     assert issubclass(PooledBaseline, MILModel) and not issubclass(PooledBaseline, MILAggregator)
+
+
+def test_registering_the_aggregators_does_not_import_torch():
+    """The networks load when a step builds one: `hemaflow plugins` and `validate` stay fast."""
+    code = ("import sys; from hemaflow.core.plugins import build_registry, make_plugin_manager; "
+            "reg = build_registry(make_plugin_manager(entry_points=False)); "
+            "print(len(reg.components['mil']), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["7", "False"]
 
 
 def test_the_training_loop_never_branches_on_an_aggregator_name():

@@ -4,6 +4,8 @@ point, it passes hemaflow's conformance kit and its recipe runs."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,6 +43,13 @@ def test_found_through_the_entry_point():
     reg = build_registry(make_plugin_manager())
     entry = reg.components["mil"]["topk_attention_mil"]
     assert entry.cls is TopKAttentionMIL and entry.distribution == "hemaflow-example-mil"
+
+
+def test_listing_plugins_does_not_import_torch():
+    code = ("import sys; from hemaflow.core.plugins import get_registry; "
+            "print('topk_attention_mil' in get_registry().components['mil'], 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "False"]
 
 
 def test_passes_the_conformance_kit():
