@@ -226,11 +226,12 @@ def test_the_tutorial_recipes_run(tutorial_package):
     res = hemaflow(env, "run", "recipe_segmenter.yaml", "--out", "runs/seg", cwd=pkg)
     assert res.returncode == 0, res.stderr
     seg = json.loads((pkg / "runs" / "seg" / "metrics.json").read_text())["segmentation"]
-    assert seg["n"] == 8 and seg["dice"] > 0.5
+    assert seg["n"] == 8 and seg["dice"] > 0.7 and seg["dice_nucleus"] > 0.8  # measured 0.805 and 0.868
     res = hemaflow(env, "run", "recipe_mil.yaml", "--out", "runs/mil", cwd=pkg)
     assert res.returncode == 0, res.stderr
     metrics = json.loads((pkg / "runs" / "mil" / "metrics.json").read_text())
     assert metrics["mil"]["aggregator"] == "softmax_pool_mil" and metrics["patient"]["n"] == 10
+    assert metrics["patient"]["balanced_accuracy"] >= 0.6  # measured 0.8 (AUROC 1.0) on these 10 patients
     pred = (pkg / "runs" / "mil" / "predictions.csv").read_text().splitlines()
     assert len(pred) == 11 and pred[0].startswith("id,level,fold,y_true,y_pred")
 
