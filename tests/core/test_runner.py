@@ -84,7 +84,7 @@ def test_no_cache_neither_reads_nor_writes(tmp_path):
 def test_executor_override(tmp_path):
     assert run("tiny.yaml", tmp_path / "a", "--executor", "processes") == 0
     assert provenance(tmp_path / "a")["executor"] == "processes"
-    assert run("tiny.yaml", tmp_path / "b", "--executor", "procesess") == 3
+    assert run("tiny.yaml", tmp_path / "b", "--executor", "procesess") == 2  # a usage error (contract)
 
 
 def _cached_steps(cache: Path) -> int:
