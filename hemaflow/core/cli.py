@@ -250,6 +250,15 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_new_plugin(args: argparse.Namespace) -> int:
+    from hemaflow.core.scaffold import new_plugin
+
+    root = new_plugin(args.name, args.kind, args.out)
+    print(f"wrote {root}")
+    print(f"  next: pip install -e {root} && (cd {root} && python -m pytest && hemaflow validate recipe.yaml)")
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from hemaflow.core.schema import compose_schema
 
@@ -326,6 +335,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     sc = sub.add_parser("schema", help="print the composed recipe JSON Schema")
     sc.set_defaults(func=cmd_schema)
+
+    from hemaflow.core.kinds import KINDS
+
+    npl = sub.add_parser("new-plugin", help="write a plugin package (component, entry point, tests, recipe)",
+                         description="Write hemaflow-NAME/: pyproject.toml with the hemaflow entry point, a working "
+                                     "component of KIND, a conformance test and a recipe (see docs/plugins.md).")
+    npl.add_argument("name", metavar="NAME", help="plugin name, e.g. lab-otsu (distribution hemaflow-lab-otsu)")
+    npl.add_argument("--kind", required=True, metavar="KIND", help=f"one of: {', '.join(KINDS)}")
+    npl.add_argument("--out", default=".", metavar="DIR", help="parent folder of the package (default: .)")
+    npl.set_defaults(func=cmd_new_plugin)
 
     from hemaflow.core import cache_cmd
 
