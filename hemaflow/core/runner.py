@@ -271,6 +271,8 @@ class Runner:
             outputs = self._load_outputs(key)
         except EntryDamaged as exc:
             problem = str(exc)
+        except (MemoryError, RecursionError):  # this machine's limits: no sign of damage
+            raise
         except Exception as exc:  # an output that does not load is as damaged as a failed check
             problem = f"an output does not load: {type(exc).__name__}: {exc}"
         else:
