@@ -379,7 +379,8 @@ class _StainNormalizer(Normalizer):
             truth.to_parquet(out / "cell_truth.parquet")
             meta["cell_truth"] = "cell_truth.parquet"
         if moved:
-            kept = " (kept the original images: background_check: fallback)" if p["background_check"] == "fallback" else ""
+            fallback = p["background_check"] == "fallback"
+            kept = " (kept the original images: background_check: fallback)" if fallback else ""
             more = f"; and {len(moved) - 10} more" if len(moved) > 10 else ""
             ctx.warn(f"{len(moved)} normalized image(s) whose background moved far from white{kept}: "
                      + "; ".join(f"{m['file']}: {m['reason']}" for m in moved[:10]) + more)

@@ -122,6 +122,13 @@ def _billion_laughs(tmp: Path, _mp) -> list[str]:
     return _v(str(write(tmp / "laughs.yaml", "\n".join(rows) + "\n")))
 
 
+def _laughs_flow() -> str:
+    """The billion laughs as one flow map (for --set): 8 levels of 9 aliases each."""
+    rows = ["a: &a [" + ", ".join(["x"] * 9) + "]"]
+    rows += [f"{cur}: &{cur} [" + ", ".join([f"*{prev}"] * 9) + "]" for prev, cur in zip("abcdefg", "bcdefgh")]
+    return "{" + ", ".join(rows) + "}"
+
+
 def _fifo(tmp: Path, _mp) -> list[str]:
     os.mkfifo(tmp / "pipe.yaml")
     return _v(str(tmp / "pipe.yaml"))
@@ -270,6 +277,10 @@ CASES = [
          ("--set 'seed=[1': the value is not valid YAML",)),
     Case("set-recursive-alias", lambda t, m: ["validate", str(TINY), "--set", "seed=&a [*a]"], 2,
          ("--set 'seed=&a [*a]'", "recursive YAML alias")),
+    Case("set-5000-deep-value", lambda t, m: ["validate", str(TINY), "--set", "seed=" + "[" * 5000 + "]" * 5000], 2,
+         ("--set 'seed=[[[", "nest deeper than 64 levels")),
+    Case("set-billion-laughs", lambda t, m: ["validate", str(TINY), "--set", "seed=" + _laughs_flow()], 2,
+         ("--set 'seed={a: &a", "YAML aliases expand to more than 100000 values")),
     Case("set-into-a-scalar", lambda t, m: ["validate", str(TINY), "--set", "seed.x=1"], 2,
          ("--set 'seed.x=1': seed is not a mapping",)),
     Case("set-unknown-key", lambda t, m: ["validate", str(TINY), "--set", "steps.data.with.nope=1"], 1,

@@ -217,7 +217,8 @@ def test_changing_uses_drops_the_parameters_the_new_component_lacks(tmp_path, mo
     # the same uses: parameters merge as before
     write(tmp_path / "same.yaml", "extends: base.yaml\nsteps: {segment: {uses: classical, with: {window: 3}}}\n")
     res = resolve(load_recipe("same.yaml"), registry)
-    assert (res.data["steps"]["segment"]["with"]["min_contrast"], res.data["steps"]["segment"]["with"]["window"]) == (5, 3)
+    params = res.data["steps"]["segment"]["with"]
+    assert (params["min_contrast"], params["window"]) == (5, 3)
     assert res.recipe.notes == []
 
 

@@ -26,7 +26,8 @@ SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[Healt
 
 TOKENS = ["a", "b", "steps", "name", "extends", ":", ": ", "- ", "\n", "  ", "{", "}", "[", "]", ", ", "&x ", "*x",
           "&y ", "*y", "<<: ", "!reset", " !reset ", "!!python/object:os.system ", "!foo ", "'", '"', "# c", "\t",
-          "\x00", "\x01", "\ufeff", "1", "-2.5", ".nan", ".inf", "~", "true", "? ", "|\n", "---\n", "...\n", "%YAML 1.1\n",
+          "\x00", "\x01", "\ufeff", "1", "-2.5", ".nan", ".inf", "~", "true", "? ", "|\n", "---\n", "...\n",
+          "%YAML 1.1\n",
           "\\", "é", "🙂"]
 recipe_text = st.lists(st.sampled_from(TOKENS), max_size=40).map("".join)
 
@@ -169,7 +170,8 @@ def test_apply_override_of_every_leaf_keeps_the_recipe(data):
             if isinstance(value, (dict, list)) or "." in key or "=" in key:
                 continue
             try:
-                apply_override(recipe, f"steps.{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...')}")
+                flow = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...")
+                apply_override(recipe, f"steps.{key}={flow}")
             except HemaflowError:
                 continue
         assert diff(before, recipe.data) == []
