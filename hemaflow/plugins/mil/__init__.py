@@ -31,9 +31,9 @@ from __future__ import annotations
 
 from hemaflow.plugins.mil.bags import (ID_COLUMNS, NORMAL_TRUTH, Instances, apply_scaler, build_instances, fit_pca,
                                        fit_scaler, make_bags, patient_labels, precision_at_k, r_precision, sample_bag)
+from hemaflow.plugins.mil.base import MILAggregator
 from hemaflow.plugins.mil.components import (COMPONENTS, AttentionMIL, GatedAttentionMIL, MajorityVoteMIL, MaxMIL,
-                                             MeanMIL, MILAggregator, MILComponent, TransformerMIL, build_net,
-                                             defaults_for)
+                                             MeanMIL, MILComponent, TransformerMIL, build_net, defaults_for)
 from hemaflow.plugins.mil.train import (BagDataset, collate_bags, forward_bags, predict_bag, predict_by_vote,
                                         train_fold)
 
