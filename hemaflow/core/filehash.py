@@ -44,6 +44,11 @@ def _signature(path: Path) -> tuple[str, tuple]:
     return real, (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+def _valid(rec: object) -> bool:
+    return (isinstance(rec, list) and len(rec) == 2 and isinstance(rec[0], list) and isinstance(rec[1], str)
+            and len(rec[1]) == 64)
+
+
 def _load_persisted() -> dict[str, list]:
     global _persisted
     if _persisted is None:
@@ -52,7 +57,7 @@ def _load_persisted() -> dict[str, list]:
             try:
                 data = json.loads(_persist_path.read_text())
                 if isinstance(data, dict):
-                    _persisted = {k: v for k, v in data.items() if isinstance(v, list) and len(v) == 2}
+                    _persisted = {k: v for k, v in data.items() if _valid(v)}
             except (OSError, ValueError):
                 pass  # a missing or damaged memo only costs a re-hash
     return _persisted
@@ -66,7 +71,7 @@ def _save_persisted(real: str, sig: tuple, digest: str) -> None:
     try:
         disk = json.loads(_persist_path.read_text())
         if isinstance(disk, dict):
-            memo.update({k: v for k, v in disk.items() if k not in memo and isinstance(v, list)})
+            memo.update({k: v for k, v in disk.items() if k not in memo and _valid(v)})
     except (OSError, ValueError):
         pass
     memo[real] = [list(sig), digest]

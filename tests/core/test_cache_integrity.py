@@ -413,3 +413,19 @@ def test_a_stamps_refresh_in_flight_is_no_damage(cache, tmp_path):
     (entry / f".{STAMPS}.tmp-{os.getpid()}-0123abcd").write_text("{}")
     code, out = rerun(tmp_path)
     assert code == 0 and all(s["cache_hit"] for s in provenance(out)["steps"])
+
+
+def test_a_damaged_hash_memo_only_costs_a_rehash(tmp_path, monkeypatch):
+    monkeypatch.setattr(filehash, "_memo", {})
+    (tmp_path / "cache").mkdir()
+    big = tmp_path / "w.bin"
+    big.write_bytes(os.urandom(filehash.PERSIST_MIN_BYTES))
+    real = str(big.resolve())
+    for garbage in ("{not json", json.dumps([1, 2]), json.dumps({real: [7, "x"]}), json.dumps({real: [[1], 5]})):
+        (tmp_path / "cache" / "hashes.json").write_text(garbage)
+        filehash._memo.clear()
+        filehash.attach(tmp_path / "cache")
+        try:
+            assert filehash.file_sha256(big) == filehash.sha256_stream(big)
+        finally:
+            filehash.attach(None)
