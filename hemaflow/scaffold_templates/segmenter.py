@@ -13,12 +13,19 @@ from hemaflow.plugins.io import write_png
 
 
 def segment(img: np.ndarray, min_area: int) -> np.ndarray:
-    """uint8 mask (0 background, 1 cytoplasm, 2 nucleus) of an RGB uint8 image."""
-    dark = 255.0 - img.astype(np.float64).mean(axis=2)
+    """uint8 mask (0 background, 1 cytoplasm, 2 nucleus) of an RGB uint8 image.
+
+    Giemsa-stained white cells are purple (blue above red) where red cells and background are
+    pink or white, so cells are where blue minus red passes its Otsu threshold; the nucleus is
+    the darker part of each cell (a second Otsu threshold on darkness inside the cells).
+    """
+    rgb = img.astype(np.float64)
+    purple = rgb[..., 2] - rgb[..., 0]
+    dark = 255.0 - rgb.mean(axis=2)
     mask = np.zeros(dark.shape, np.uint8)
-    if dark.max() - dark.min() < 1.0:  # a flat image has no cells
+    if purple.max() - purple.min() < 1.0:  # a flat image has no cells
         return mask
-    cell = ndi.binary_fill_holes(dark > threshold_otsu(dark))
+    cell = ndi.binary_fill_holes(purple > max(threshold_otsu(purple), 0.0))
     labels, n = ndi.label(cell)
     sizes = np.bincount(labels.ravel(), minlength=n + 1)
     cell = (sizes[labels] >= min_area) & (labels > 0)
@@ -30,7 +37,7 @@ def segment(img: np.ndarray, min_area: int) -> np.ndarray:
 
 
 class TemplateComponent(Segmenter):
-    """Cells where the image is darker than its Otsu threshold; nuclei by a second Otsu inside.
+    """Cells where blue minus red passes its Otsu threshold; nuclei by a second Otsu on darkness.
 
     Input ``images: ImageSet``; output ``masks: MaskSet``, one uint8 PNG per image with 0
     background, 1 cytoplasm, 2 nucleus (all 0 for an image without cells).
