@@ -12,7 +12,6 @@ import argparse
 import datetime as dt
 import json
 import re
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -99,7 +98,7 @@ def cmd_ls(args: argparse.Namespace) -> int:
 
 def _damage(cache: StepCache, e: EntryInfo) -> str | None:
     if not _KEY.match(e.key) or e.path.parent.name != e.key[:2]:
-        return "not a cache entry (unexpected folder name)"
+        return "not a cache entry (unexpected folder name; hemaflow leaves it alone: remove it by hand)"
     try:
         cache.check(e.key, full=True)
     except EntryDamaged as exc:
@@ -129,10 +128,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _remove(cache: StepCache, e: EntryInfo) -> bool:
-    if e.path == cache.entry(e.key):
+    """Remove an entry; a folder that is not named like one is never touched (a mistyped
+    ``--cache-dir`` must not cost a user their files)."""
+    if _KEY.match(e.key) and e.path == cache.entry(e.key):
         return cache.remove(e.key)
-    shutil.rmtree(e.path, ignore_errors=True)  # a stray folder in steps/
-    return not e.path.exists()
+    return False
 
 
 def _stale_locks(cache: StepCache) -> list[Path]:
@@ -185,7 +185,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
 def cmd_clear(args: argparse.Namespace) -> int:
     cache = _cache(args)
-    entries = list(cache.entries())
+    all_entries = list(cache.entries())
+    entries = [e for e in all_entries if _KEY.match(e.key) and e.path == cache.entry(e.key)]
     size = sum(e.size for e in entries)
     if not args.yes:
         raise UsageError(f"would remove all {len(entries)} entries ({human(size)}) in {cache.root}; "
@@ -196,6 +197,9 @@ def cmd_clear(args: argparse.Namespace) -> int:
         p.unlink(missing_ok=True)
     (cache.root / "hashes.json").unlink(missing_ok=True)
     print(f"removed {removed} entries ({human(size)}) and {len(orphans)} work folder(s) from {cache.root}")
+    stray = len(all_entries) - len(entries)
+    if stray:
+        print(f"left {stray} folder(s) in {cache.root / 'steps'} that are not cache entries")
     return 0 if removed == len(entries) else 1
 
 

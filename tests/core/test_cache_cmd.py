@@ -172,3 +172,15 @@ def test_prune_removes_orphans_and_unused_lock_files(cache, capsys):
     assert "removed 0 of 3 entries (0 B) and 1 orphan work folder(s)" in capsys.readouterr().out
     assert not dead.exists() and not c.lock_path("ef" * 32).exists()
     assert n_entries(cache) == 3
+
+
+def test_folders_not_named_like_entries_are_never_removed(cache, capsys):
+    stray = cache / "steps" / "zz" / "my-notes"
+    stray.mkdir(parents=True)
+    (stray / "keep.txt").write_text("mine")
+    assert main(["cache", "verify", "--fix"]) == 1
+    assert "remove it by hand" in capsys.readouterr().out
+    assert main(["cache", "prune", "--max-size", "0"]) == 0
+    assert main(["cache", "clear", "--yes"]) == 0  # the entries go, the stray folder stays
+    assert "left 1 folder(s)" in capsys.readouterr().out
+    assert (stray / "keep.txt").read_text() == "mine" and n_entries(cache) == 1
