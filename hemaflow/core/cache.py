@@ -451,15 +451,18 @@ class StepCache:
 
     # -- housekeeping --------------------------------------------------------------------------
     def orphans(self, max_age: float = ORPHAN_AGE_S) -> list[Path]:
-        """Folders in ``tmp/`` that no live run is writing: their process (on this machine) is
-        gone, or they are older than ``max_age`` seconds and their key is not locked."""
+        """Work folders in ``tmp/`` that no live run is writing: their process (on this machine)
+        is gone, or they are older than ``max_age`` seconds and their key is not locked. Only
+        names hemaflow gives its work folders count."""
         tmp = self.root / "tmp"
         if not tmp.is_dir():
             return []
         me, now, out = _host_tag(), time.time(), []
         for p in sorted(tmp.iterdir()):
             m = _TMP.match(p.name)
-            here = bool(m) and m["host"] in (None, me)  # written on this machine (pids mean something)
+            if m is None:  # not named by hemaflow: never touched (the cache dir may be set to a wrong place)
+                continue
+            here = m["host"] in (None, me)  # written on this machine (pids mean something)
             if here and int(m["pid"]) == os.getpid():
                 continue
             if here and not pid_alive(int(m["pid"])):
@@ -469,7 +472,7 @@ class StepCache:
                 old = now - p.lstat().st_mtime > max_age
             except OSError:
                 continue
-            if old and not (m and len(m["key"]) == 64 and self.is_locked(m["key"])):
+            if old and not (len(m["key"]) == 64 and self.is_locked(m["key"])):
                 out.append(p)
         return out
 

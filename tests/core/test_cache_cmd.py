@@ -139,9 +139,9 @@ def test_orphans_are_work_folders_no_live_run_writes(tmp_path):
         live_but_old = make_tmp(cache, f"{'cd' * 32}-{sleeper.pid}-{_host_tag()}-0123abcd", age_s=2 * 86400)
         other_host = make_tmp(cache, f"{key}-{dead_pid()}-ffffffff-0123abcd")  # its pid means nothing here
         other_host_old = make_tmp(cache, f"{key}-1-ffffffff-4567abcd", age_s=2 * 86400)
-        stray_old = make_tmp(cache, "something-else", age_s=2 * 86400)
+        stray_old = make_tmp(cache, "something-else", age_s=2 * 86400)  # not hemaflow's: never touched
         c = StepCache(cache)
-        assert sorted(c.orphans()) == sorted([dead, legacy, live_but_old, other_host_old, stray_old])
+        assert sorted(c.orphans()) == sorted([dead, legacy, live_but_old, other_host_old])
         # a folder whose key a live run has locked is never an orphan, however old
         with c.lock("cd" * 32):
             held = subprocess.run([sys.executable, "-c", "import sys; from hemaflow.core.cache import StepCache; "
@@ -149,8 +149,8 @@ def test_orphans_are_work_folders_no_live_run_writes(tmp_path):
                                   capture_output=True, text=True)
             assert held.stdout.strip() == "True"
         removed = c.clean_orphans()
-        assert sorted(removed) == sorted([dead, legacy, live_but_old, other_host_old, stray_old])
-        assert live.exists() and other_host.exists() and not dead.exists()
+        assert sorted(removed) == sorted([dead, legacy, live_but_old, other_host_old])
+        assert live.exists() and other_host.exists() and stray_old.exists() and not dead.exists()
     finally:
         sleeper.kill()
         sleeper.wait()
