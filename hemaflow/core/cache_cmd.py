@@ -143,7 +143,7 @@ def _stale_locks(cache: StepCache) -> list[Path]:
     out = []
     for p in sorted(locks.glob("*.lock")):
         key = p.stem
-        if not cache.entry(key).exists() and not cache.is_locked(key):
+        if _KEY.match(key) and not cache.entry(key).exists() and not cache.is_locked(key):
             out += [p, p.with_suffix(".owner")]
     return out
 
