@@ -349,6 +349,9 @@ def check_init_stores_params(s: Subject) -> None:
     fp = comp.fingerprint()
     if fp is not None and not isinstance(fp, str):
         fail(s, f"fingerprint() returned {type(fp).__name__}; return a str hash or None")
+    if not s.skip_run and s.cls(**copy.deepcopy(params)).fingerprint() != fp:
+        fail(s, "fingerprint() differs between two instances with the same parameters; hash the files read "
+                "(content or size and mtime), not the time or the object")
 
 
 def check_artifact_types(s: Subject) -> None:

@@ -83,6 +83,16 @@ BROKEN = {
             pass
     ''', "plugin 'ep_hook_typo' (hook_typo_mod) failed to load: unknown hook 'register_normalisers'; "
          "did you mean 'register_normalizers'?"),
+    "sys-exit": ("import sys\nsys.exit('no licence file')\n",
+                 "plugin 'ep_sys_exit' (sys_exit_mod) failed to load: SystemExit: no licence file"),
+    "bad-signature": ('''
+        from hemaflow import hookimpl
+
+        @hookimpl
+        def register_normalizers(reg):
+            pass
+    ''', "plugin 'ep_bad_signature' (bad_signature_mod) failed to load: PluginValidationError: Plugin "
+         "'ep_bad_signature' for hook 'register_normalizers'"),
     "hook-raises": ('''
         from hemaflow import hookimpl
 
