@@ -21,10 +21,12 @@ Sections (each runs in its own Python process, so its imports and its peak RSS a
 * ``single_cells``: read + centre-cell segmentation + crop of the real CellaVision crops
   (300 px), crops per CPU-second (per core) of the worker in a plain loop.
 * ``cells_rss``: peak RSS and seconds of the per-cell ``cell_features`` step (serial) on CellSets
-  of 1k, 5k, 20k (and 100k without ``--quick``) cells, tiled from real crops of the chain.
+  of 1k, 5k, 20k (and 100k without ``--quick``) cells, tiled from the crops of the chain (the
+  real fields' when present); ``--quick`` computes the shape and colour groups only.
 
 Peak RSS is sampled every 10 ms (``psutil``: the process plus its worker processes), so a peak
-shorter than that can be missed. Wall times on a shared machine move with its load; ratios
+shorter than that can be missed. "anon" is RSS minus shared pages: crops read through a memory
+map count in RSS while they stay cached, but the kernel can drop them at any time. Wall times on a shared machine move with its load; ratios
 measured in one process (engine, executors) are the stable numbers. The load average is
 recorded with each section.
 """
@@ -58,29 +60,37 @@ class PeakRSS:
 
         self._proc = psutil.Process()
         self.interval = interval
-        self.peak = 0.0
+        self.peak = 0.0  # resident set: includes file pages read through memory maps
+        self.peak_anon = 0.0  # resident minus shared (file-backed) pages: what the step itself holds
         self._stop = threading.Event()
 
-    def _rss(self) -> float:
-        total = 0
+    def _rss(self) -> tuple[float, float]:
+        total = anon = 0
         try:
-            total = self._proc.memory_info().rss
-            for child in self._proc.children(recursive=True):
-                try:
-                    total += child.memory_info().rss
-                except Exception:  # a worker that just exited
-                    pass
+            procs = [self._proc, *self._proc.children(recursive=True)]
         except Exception:
-            pass
-        return total / 2**20
+            procs = [self._proc]
+        for proc in procs:
+            try:
+                mi = proc.memory_info()
+            except Exception:  # a worker that just exited
+                continue
+            total += mi.rss
+            anon += mi.rss - getattr(mi, "shared", 0)
+        return total / 2**20, anon / 2**20
+
+    def _sample(self) -> None:
+        rss, anon = self._rss()
+        self.peak, self.peak_anon = max(self.peak, rss), max(self.peak_anon, anon)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self.peak = max(self.peak, self._rss())
+            self._sample()
             self._stop.wait(self.interval)
 
     def __enter__(self) -> "PeakRSS":
-        self.peak = self._rss()
+        self.peak = self.peak_anon = 0.0
+        self._sample()
         self._thread = threading.Thread(target=self._loop, daemon=True)
         self._thread.start()
         return self
@@ -88,7 +98,7 @@ class PeakRSS:
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, self._rss())
+        self._sample()
 
 
 def load() -> float:
@@ -171,7 +181,8 @@ def run_chain(p: dict[str, Any]) -> dict[str, Any]:
             n = len(table) if table is not None else None
             rows.append({"step": spec.id, "component": spec.uses, "seconds": round(res.seconds, 3),
                          "rows": n, "rows_per_s": round(n / res.seconds, 2) if n and res.seconds > 0 else None,
-                         "peak_rss_mb": round(rss.peak), "cached": res.cached})
+                         "peak_rss_mb": round(rss.peak), "peak_anon_mb": round(rss.peak_anon),
+                         "cached": res.cached})
             return res
 
     t0 = time.perf_counter()
@@ -298,10 +309,11 @@ def run_cells_rss(p: dict[str, Any]) -> dict[str, Any]:
     gc.collect()
     with PeakRSS() as rss:
         t0 = time.perf_counter()
-        feats = make(CellFeatures).run(make_context(work / "features"), cells=cells)["features"]
+        feats = make(CellFeatures, groups=p["groups"]).run(make_context(work / "features"), cells=cells)["features"]
         secs = time.perf_counter() - t0
     return {"n_cells": n, "seconds": round(secs, 2), "cells_per_s": round(n / secs, 1),
-            "peak_rss_mb": round(rss.peak), "rows": len(feats.table), "load": load()}
+            "peak_rss_mb": round(rss.peak), "peak_anon_mb": round(rss.peak_anon), "groups": p["groups"],
+            "rows": len(feats.table), "load": load()}
 
 
 SECTIONS = {"chain": run_chain, "engine": run_engine, "executors": run_executors,
@@ -326,7 +338,7 @@ def suite(args: argparse.Namespace) -> dict[str, Any]:
             for source in ("synthetic", "real"):
                 if source == "real" and not real:
                     continue
-                n = (20 if quick else 80) if source == "synthetic" else (12 if quick else 60)
+                n = (20 if quick else 80) if source == "synthetic" else (6 if quick else 60)
                 recipe = work / f"chain_{source}.yaml"
                 recipe.write_text(chain_recipe(source, n))
                 print(f"== chain on {source} fields ...", flush=True)
@@ -379,12 +391,13 @@ def suite(args: argparse.Namespace) -> dict[str, Any]:
             for n in sizes:
                 print(f"== cell_features on {n} cells ...", flush=True)
                 sub = work / f"cells_{n}"
+                groups = ["shape", "colour"] if quick else ["shape", "colour", "texture"]
                 report["cells_rss"].append(section_process("cells_rss", {"cells": str(cells_dir), "n": n,
-                                                                         "work": str(sub)}, env))
+                                                                         "work": str(sub), "groups": groups}, env))
                 shutil.rmtree(sub, ignore_errors=True)
             if quick:
-                report["notes"].append("100k cells not run in --quick (about 5x the 20k row's time); "
-                                       "run without --quick")
+                report["notes"].append("cells_rss in --quick: shape and colour features only (texture is most of "
+                                       "the time); 100k cells not run (about 5x the 20k row): run without --quick")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -404,8 +417,8 @@ def table(report: dict[str, Any]) -> str:
             add(f"chain {source}", "-", "error", res["error"].splitlines()[-1][:80])
             continue
         for s in res["steps"]:
-            add(f"chain {source}", f"{s['step']} ({s['component']})", "rows/s | s | peak RSS MB",
-                f"{s['rows_per_s']} | {s['seconds']} | {s['peak_rss_mb']}")
+            add(f"chain {source}", f"{s['step']} ({s['component']})", "rows/s | s | peak RSS (anon) MB",
+                f"{s['rows_per_s']} | {s['seconds']} | {s['peak_rss_mb']} ({s['peak_anon_mb']})")
         add(f"chain {source}", "whole run", "fresh s (own process)", res.get("fresh_process_seconds"))
         add(f"chain {source}", "whole run", "cached rerun s (own process)", res.get("cached_rerun_process_seconds"))
         add(f"chain {source}", "whole run", "cached-rerun share", res.get("cached_rerun_share"))
@@ -436,8 +449,8 @@ def table(report: dict[str, Any]) -> str:
             add("single_cells", "-", "skipped/error", sc.get("skipped") or sc.get("error", "")[-80:])
     for r in report.get("cells_rss") or []:
         if "peak_rss_mb" in r:
-            add("cells_rss", f"cell_features, {r['n_cells']} cells", "peak RSS MB | s | cells/s",
-                f"{r['peak_rss_mb']} | {r['seconds']} | {r['cells_per_s']}")
+            add("cells_rss", f"cell_features, {r['n_cells']} cells", "peak RSS (anon) MB | s | cells/s",
+                f"{r['peak_rss_mb']} ({r['peak_anon_mb']}) | {r['seconds']} | {r['cells_per_s']}")
         else:
             add("cells_rss", "-", "error", r.get("error", "")[-80:])
     w = [max(len(r[i]) for r in rows + [("section", "row", "measurement", "value")]) for i in range(4)]
