@@ -257,6 +257,25 @@ def test_the_kit_rejects_a_broken_component_saying_what_to_fix(cls, expected):
     assert expected in msg, msg
 
 
+def test_an_output_outside_the_work_directory_is_rejected(tmp_path_factory):
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+
+    class WritesElsewhere(Invert):
+        """Writes its images to a fixed folder instead of ctx.out_dir."""
+
+        name = "writes_elsewhere"
+
+        def run(self, ctx, images):
+            out = super().run(ctx, images)["images"]
+            moved = ImageSet(elsewhere, out.table.assign(path=[str(out.resolve(p)) for p in out.table["path"]]),
+                             out.meta)
+            return {"images": moved.save()}
+
+    with pytest.raises(ConformanceError, match=f"output 'images' is written to {elsewhere}, outside the step's "
+                                               r"work directory; write it below ctx.out_dir\('images'\)"):
+        check_component(WritesElsewhere)
+
+
 def test_the_empty_mask_crash_names_the_fix():
     with pytest.raises(ConformanceError) as exc:
         check_component(CrashesOnEmptyMask)

@@ -201,9 +201,9 @@ class Subject:
         finally:
             if threads is not None:
                 torch.set_num_threads(threads)
-        return Run(variant, inputs, self._check_returned(returned, workdir), workdir)
+        return Run(variant, inputs, self._check_returned(returned, workdir, inputs), workdir)
 
-    def _check_returned(self, returned: Any, workdir: Path) -> dict[str, Artifact]:
+    def _check_returned(self, returned: Any, workdir: Path, inputs: dict[str, Artifact]) -> dict[str, Artifact]:
         declared = self.cls.outputs
         if isinstance(returned, Artifact) and len(declared) == 1:
             returned = {next(iter(declared)): returned}
@@ -237,6 +237,10 @@ class Subject:
                     art.save()  # as the runner does for an unsaved output
             except Exception as exc:
                 fail(self, f"output {name!r} ({declared[name]}) could not be saved: {type(exc).__name__}: {exc}")
+            passed_through = any(art.path.resolve() == i.path.resolve() for i in inputs.values())
+            if not passed_through and not art.path.resolve().is_relative_to(workdir.resolve()):
+                fail(self, f"output {name!r} is written to {art.path}, outside the step's work directory; write "
+                           f"it below ctx.out_dir({name!r}) (the cache keeps only the work directory)")
         return returned
 
 
