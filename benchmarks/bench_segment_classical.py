@@ -4,6 +4,7 @@ Rows, on every source of ``../shared/data`` (see ``bench_segment_sources.py`` fo
 scoring: whole field for BCCD, centre cell for the wbc-crops crops):
 
 * ``classical threshold`` — the algorithm before version 3 (``algorithm: threshold``, defaults);
+* ``classical adaptive v3`` — the adaptive algorithm without the convex hull (``convex: false``);
 * ``classical adaptive`` — the default (``algorithm: adaptive``; ``single_cell: true`` on crops);
 * optionally a learned model (``--weights wbc-v1``) in the same run.
 
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
         loso(a.limit)
         return
     segs = {"classical threshold (v2 defaults)": lambda crops: classical_mask,
+            "classical adaptive v3 (convex: false)": lambda crops: adaptive(crops, convex=False),
             "classical adaptive (defaults)": adaptive}
     if a.weights:
         seg, meta = model_segment(a.weights)

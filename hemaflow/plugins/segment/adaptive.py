@@ -16,7 +16,10 @@ image itself, so one set of defaults works across stains, scanners and crop size
    than ``background_distance`` x the radius (background and red cells, split at their Otsu
    lightness). A pixel within ``window`` x the radius is cytoplasm when its colour is more likely
    under the ring's model; the region connected to the nucleus, opened (``opening`` x radius)
-   and hole-filled, is the cell.
+   and hole-filled, is the cell; with ``convex`` (default) its convex hull. A white cell's outline
+   is close to convex, while the colour classification frays it where the cytoplasm is as pale
+   as the red cells around it: the hull raised the mean centre-cell Dice on the dev images of
+   every source (BCCD val 0.914 -> 0.931, Tecom 0.949 -> 0.950, CellaVision 0.925 -> 0.938).
 4. **single_cell**: for crops of one cell (exports), only the cell nearest the image centre.
 
 Defaults were chosen by the worst source among BCCD val, wbc-crops tecom and wbc-crops
@@ -34,7 +37,7 @@ DEFAULT_MIN_CONTRAST = 10.0
 
 ADAPTIVE_DEFAULTS: dict[str, Any] = {
     "min_contrast": DEFAULT_MIN_CONTRAST, "lobe_gap": 0.3, "ring": 0.15, "background_distance": 3.0,
-    "window": 4.5, "opening": 0.15,
+    "window": 4.5, "opening": 0.15, "convex": True,
 }
 
 
@@ -144,6 +147,10 @@ def _cell_of(lab: np.ndarray, nuc: np.ndarray, group: np.ndarray, p: dict[str, A
     lab_c, _ = ndi.label(cell)
     ids = np.unique(lab_c[g])
     cell = ndi.binary_fill_holes(np.isin(lab_c, ids[ids > 0]))
+    if p["convex"]:
+        from skimage.morphology import convex_hull_image
+
+        cell = convex_hull_image(cell)
     return sy, sx, cell
 
 

@@ -154,7 +154,7 @@ class ClassicalSegmenter(Segmenter):
 
     kind = "segmenter"
     name = "classical"
-    version = "3"
+    version = "4"
     schema = {
         "type": "object",
         "properties": {
@@ -182,6 +182,9 @@ class ClassicalSegmenter(Segmenter):
                            "adaptive: the cell lies within this x nucleus radius of its nucleus"),
             "opening": _num(0, 2, ADAPTIVE_DEFAULTS["opening"],
                             "adaptive: opening radius (x nucleus radius) that cuts thin bridges to red cells"),
+            "convex": {"type": "boolean", "default": ADAPTIVE_DEFAULTS["convex"],
+                       "description": "adaptive: each cell is the convex hull of its colour region (version 4; "
+                                      "false: the frayed region itself, as version 3)"},
             "channel": {"enum": ["blue_red", "hematoxylin", "saturation"], "default": "blue_red",
                         "description": "threshold: nucleus channel: (B-R)/255 (robust to red cells), "
                                        "hematoxylin from colour deconvolution, or HSV saturation"},
