@@ -19,7 +19,7 @@ image itself, so one set of defaults works across stains, scanners and crop size
    and hole-filled, is the cell; with ``convex`` (default) its convex hull. A white cell's outline
    is close to convex, while the colour classification frays it where the cytoplasm is as pale
    as the red cells around it: the hull raised the mean centre-cell Dice on the dev images of
-   every source (BCCD val 0.914 -> 0.931, Tecom 0.949 -> 0.950, CellaVision 0.925 -> 0.938).
+   every source (BCCD val 0.914 -> 0.931, Tecom 0.948 -> 0.950, CellaVision 0.925 -> 0.938).
 4. **single_cell**: for crops of one cell (exports), only the cell nearest the image centre.
 
 Defaults were chosen by the worst source among BCCD val, wbc-crops tecom and wbc-crops
