@@ -114,9 +114,10 @@ def test_registered_through_the_entry_point():
     """Installed (pip install -e .), hemaflow finds the component through the `hemaflow` entry point."""
     from hemaflow.core.plugins import build_registry, make_plugin_manager
 
-    entry = build_registry(make_plugin_manager()).components["{names.kind}"]["{names.component}"]
-    assert entry.cls is {names.cls}
-    assert entry.distribution == "{names.distribution}"
+    components = build_registry(make_plugin_manager()).components["{names.kind}"]
+    assert "{names.component}" in components, "hemaflow does not see the plugin: install it first (pip install -e .)"
+    assert components["{names.component}"].cls is {names.cls}
+    assert components["{names.component}"].distribution == "{names.distribution}"
 '''
 
 
