@@ -3,6 +3,13 @@
 Built-in components live in :data:`hemaflow.plugins.DEFAULT_PLUGINS` and are registered exactly
 like third-party plugins, which are discovered through the ``hemaflow`` entry-point group.
 
+A third-party plugin is isolated: whatever fails in it (its import, even ``SystemExit``; a hook
+name no hookspec has; a component registered through another kind's hook, not a Component, or
+under a name or artifact type name that is taken; a hook that raises) is a :class:`PluginWarning`
+naming the plugin and its distribution, and only what is broken is left out
+(:attr:`Registry.broken`). Built-in plugins and plugins passed in code (``extra=``) raise
+:class:`~hemaflow.core.errors.PluginError` instead.
+
 Environment:
     HEMAFLOW_LOAD_PLUGINS: comma-separated distribution or entry-point names; when set, only
         those third-party plugins are loaded (empty string: none).
