@@ -7,8 +7,9 @@ A third-party plugin is isolated: whatever fails in it (its import, even ``Syste
 name no hookspec has; a component registered through another kind's hook, not a Component, or
 under a name or artifact type name that is taken; a hook that raises) is a :class:`PluginWarning`
 naming the plugin and its distribution, and only what is broken is left out
-(:attr:`Registry.broken`). Built-in plugins and plugins passed in code (``extra=``) raise
-:class:`~hemaflow.core.errors.PluginError` instead.
+(:attr:`Registry.broken`). A built-in plugin's failure raises
+:class:`~hemaflow.core.errors.PluginError` instead, and so does a bad registration (wrong hook,
+duplicate, not a Component) by a plugin passed in code (``extra=``).
 
 Environment:
     HEMAFLOW_LOAD_PLUGINS: comma-separated distribution or entry-point names; when set, only
