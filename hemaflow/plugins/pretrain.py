@@ -97,7 +97,33 @@ def crops_to_tensor(crops: Any, size: int):
     return x
 
 
-def augment(x, gen):
+def stain_jitter(x, gen, sigma: float):
+    """HED stain augmentation (Tellez et al., 2018) of an ImageNet-normalized batch (N,3,S,S).
+
+    Per sample, the haematoxylin, eosin and DAB optical densities (colour deconvolution with
+    scikit-image's matrix) are scaled by ``U(1 - sigma, 1 + sigma)`` and shifted by
+    ``U(-sigma, sigma)``, then mapped back: another lab's stain strength and hue, the cell's shape
+    untouched. ``sigma`` 0 returns ``x`` itself.
+    """
+    import torch
+    from skimage.color.colorconv import hed_from_rgb, rgb_from_hed
+
+    if sigma <= 0:
+        return x
+    n = x.shape[0]
+    mean = torch.as_tensor(MEAN, dtype=x.dtype).reshape(1, 3, 1, 1)
+    std = torch.as_tensor(STD, dtype=x.dtype).reshape(1, 3, 1, 1)
+    rgb = (x * std + mean).clamp(1e-6, 1.0)
+    od = -torch.log(rgb).permute(0, 2, 3, 1)  # (N,S,S,3)
+    hed = od @ torch.as_tensor(hed_from_rgb, dtype=x.dtype)
+    alpha = 1 + (torch.rand(n, 1, 1, 3, generator=gen) * 2 - 1) * sigma
+    beta = (torch.rand(n, 1, 1, 3, generator=gen) * 2 - 1) * sigma
+    od = (hed * alpha.to(x.dtype) + beta.to(x.dtype)).clamp_min(0) @ torch.as_tensor(rgb_from_hed, dtype=x.dtype)
+    rgb = torch.exp(-od).clamp(0, 1).permute(0, 3, 1, 2)
+    return (rgb - mean) / std
+
+
+def augment(x, gen, stain: float = 0.0):
     """Random flips, 90-degree rotations, small shifts and rescaling, colour jitter on a batch (N,3,S,S).
 
     Cell crops are cut with a fixed window (``cell_crops``), so a cell's size in pixels is part of
@@ -128,7 +154,7 @@ def augment(x, gen):
     c = 1 + (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 0.6
     ch = (torch.rand(n, 3, 1, 1, generator=gen) - 0.5) * 0.3
     m = x.mean(dim=(1, 2, 3), keepdim=True)
-    return (x - m) * c + m + b + ch
+    return stain_jitter((x - m) * c + m + b + ch, gen, stain)
 
 
 def nt_xent(z1, z2, temperature: float):
@@ -213,14 +239,15 @@ def pretrain_fold(backbone, crops: np.ndarray, y: np.ndarray | None, val_crops: 
         head = nn.Sequential(nn.Linear(dim, dim), nn.ReLU(), nn.Linear(dim, int(params["projection_dim"])))
     model = nn.Sequential(backbone, head)
     temperature = float(params["temperature"])
+    stain = float(params.get("stain_jitter", 0.0))
 
     def forward(m, batch):
         x = crops_to_tensor(batch["crop"], size)
         if not m.training:
             return m(x)
         if mode == "weak":
-            return m(augment(x, gen))
-        return m(augment(x, gen)), m(augment(x, gen))
+            return m(augment(x, gen, stain))
+        return m(augment(x, gen, stain)), m(augment(x, gen, stain))
 
     def simclr_loss(output, batch):
         return nt_xent(output[0], output[1], temperature)
@@ -285,6 +312,10 @@ class InstanceEncoder(FeatureExtractor):
                                "description": "simclr: output size of the projection head"},
             "threads": {"type": "integer", "minimum": 0, "default": 1,
                         "description": "torch CPU threads for this step (0: torch default). 1 is the default: on busy or small machines several threads are often much slower"},
+            "stain_jitter": {"type": "number", "minimum": 0, "maximum": 0.5, "default": 0.0,
+                             "description": "pre-training: HED stain augmentation strength sigma (Tellez et al. 2018: "
+                                            "H, E, D optical densities scaled by 1 +- sigma and shifted by +- sigma "
+                                            "per crop; about 0.05 mimics another lab's stain). 0: off"},
         },
         "additionalProperties": False,
     }
@@ -310,6 +341,8 @@ class InstanceEncoder(FeatureExtractor):
         is the fingerprint), and with ``pretrain: none`` (a frozen encoder) so are the pre-training
         options, which cannot change its embeddings."""
         params = dict(self.params)
+        if not params.get("stain_jitter"):
+            params.pop("stain_jitter", None)  # off: the key of runs from before the option
         if params.get("pretrained"):
             params["pretrained"] = "<content: see fingerprint>"
         if params["pretrain"] == "none":

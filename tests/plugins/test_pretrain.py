@@ -107,3 +107,31 @@ def test_augment_keeps_the_cell_size():
     lo, hi = out.amin(dim=(1, 2), keepdim=True), out.amax(dim=(1, 2), keepdim=True)
     area = (out < (lo + hi) / 2).sum(dim=(1, 2)).float() / disk.sum()
     assert area.min() > 0.75 and area.max() < 1.35, (float(area.min()), float(area.max()))
+
+
+def test_stain_jitter_changes_stain_not_shape_and_is_off_by_default():
+    import torch
+
+    from hemaflow.plugins.pretrain import crops_to_tensor, stain_jitter
+
+    crops = np.full((4, 32, 32, 3), 128, np.uint8)
+    crops[:, 8:24, 8:24] = (90, 50, 140)  # a purple nucleus on neutral grey
+    x = crops_to_tensor(crops, 32)
+    assert stain_jitter(x, torch.Generator().manual_seed(0), 0.0) is x
+    y = stain_jitter(x, torch.Generator().manual_seed(0), 0.1)
+    assert y.shape == x.shape and torch.isfinite(y).all()
+    d = (y - x).abs()
+    assert float(d[:, :, 8:24, 8:24].mean()) > 0.02  # the stained region changes colour ...
+    assert float(d[:, :, 14, 14].std()) > 0.0  # ... differently per crop
+    # ... and stays one flat region: no new structure inside the nucleus
+    assert float(y[:, :, 9:23, 9:23].std(dim=(2, 3)).max()) < 1e-4
+    y2 = stain_jitter(x, torch.Generator().manual_seed(0), 0.1)
+    assert torch.equal(y, y2)  # seeded
+
+
+def test_stain_jitter_off_keeps_the_cache_key_of_earlier_runs():
+    from hemaflow.plugins.pretrain import InstanceEncoder
+    from hemaflow.testing import make
+
+    assert "stain_jitter" not in make(InstanceEncoder).cache_params()
+    assert make(InstanceEncoder, stain_jitter=0.05).cache_params()["stain_jitter"] == 0.05
