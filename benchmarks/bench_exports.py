@@ -30,7 +30,9 @@ Variants per direction (every one a shipped recipe plus overrides):
   baseline            recipes/mil_cell_export_baseline.yaml (pooled cell features, logistic regression)
   baseline colourfree   + steps.cellfeats.with.groups=[shape, texture]
   mean pooling        recipes/mil_cell_export.yaml + steps.mil.uses=mean_mil
+  baseline C=1        + steps.mil.with.C=1.0 (pooled_baseline version 1: a fixed L2 strength)
   attention MIL       recipes/mil_cell_export.yaml (gated attention, CNN + radiomics instances)
+  attention MIL, stain jitter  + steps.encoder.with.stain_jitter=0.05 (HED augmentation in pre-training)
 and each of them with a stain option ``--stains`` (default ``reinhard``): a ``reinhard`` (or
 ``macenko``) step on the data before ``single_cells``, its reference the medoid of the training
 partition's images (the training source only). Shared overrides (documented in the output):
@@ -89,10 +91,14 @@ def median_cell_side(source: str) -> tuple[float, int]:
 def variants(stains: list[str]) -> list[dict]:
     base = [
         {"name": "baseline", "recipe": "mil_cell_export_baseline.yaml", "sets": []},
+        {"name": "baseline, C=1 (pooled_baseline version 1)", "recipe": "mil_cell_export_baseline.yaml",
+         "sets": ["steps.mil.with.C=1.0"]},
         {"name": "baseline, colour-free features", "recipe": "mil_cell_export_baseline.yaml",
          "sets": ["steps.cellfeats.with.groups=[shape, texture]"]},
         {"name": "mean pooling", "recipe": "mil_cell_export.yaml", "sets": ["steps.mil.uses=mean_mil"]},
         {"name": "attention MIL", "recipe": "mil_cell_export.yaml", "sets": []},
+        {"name": "attention MIL, stain jitter 0.05", "recipe": "mil_cell_export.yaml",
+         "sets": ["steps.encoder.with.stain_jitter=0.05"]},
     ]
     out = [dict(v, stain="none") for v in base]
     for s in stains:
