@@ -370,7 +370,7 @@ def suite(args: argparse.Namespace) -> dict[str, Any]:
             print("== executors ...", flush=True)
             report["executors"] = section_process("executors", {
                 "work": str(work / "executors"), "n": 30 if quick else 80, "size": 256, "workers": 2,
-                "rounds": 1 if quick else 3}, env)
+                "rounds": 2 if quick else 3}, env)
         if "single_cells" in only:
             if (SHARED / "wbc-crops" / "cellavision").is_dir():
                 print("== single cells ...", flush=True)

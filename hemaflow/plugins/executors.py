@@ -17,6 +17,8 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import signal
+import threading
+import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from hemaflow.core.component import Executor, cpu_count
-from hemaflow.core.errors import HemaflowError, WorkerDiedError
+from hemaflow.core.errors import HemaflowError, TaskTimeoutError, WorkerDiedError
 from hemaflow.core.markers import hookimpl
 
 # Per-item bookkeeping shared with the workers (set by _worker_init in each worker): the pid
@@ -32,16 +34,17 @@ from hemaflow.core.markers import hookimpl
 # started and never finished by a dead pid are the ones that were being processed.
 _STARTED: Any = None
 _DONE: Any = None
+_STARTED_AT: Any = None  # when item i started (time.time()), for the per-item timeout
 
 
-def _worker_init(started: Any = None, done: Any = None) -> None:
+def _worker_init(started: Any = None, done: Any = None, started_at: Any = None) -> None:
     """Keep each worker single-threaded inside: a forked child inheriting torch's (or BLAS's)
     thread pools from a parent that already used them can deadlock, and two workers on two
     cores gain nothing from nested threads anyway."""
     import sys
 
-    global _STARTED, _DONE
-    _STARTED, _DONE = started, done
+    global _STARTED, _DONE, _STARTED_AT
+    _STARTED, _DONE, _STARTED_AT = started, done, started_at
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
@@ -55,6 +58,8 @@ class _Tracked:
 
     def __call__(self, pair: tuple[int, Any]) -> Any:
         i, item = pair
+        if _STARTED_AT is not None:  # before the pid: a started item always has its time
+            _STARTED_AT[i] = time.time()
         if _STARTED is not None:
             _STARTED[i] = os.getpid()
         out = self.fn(item)
@@ -73,7 +78,11 @@ def describe_item(item: Any, limit: int = 80) -> str:
     if isinstance(item, (tuple, list)) and item and isinstance(item[0], (str, Path, int)):
         return describe_item(item[0], limit)
     text = str(item) if isinstance(item, (str, Path)) else repr(item)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    if len(text) <= limit:
+        return text
+    if isinstance(item, Path) or (isinstance(item, str) and "/" in item):
+        return "..." + text[3 - limit:]  # a long path: keep its end, the file's name
+    return text[: limit - 3] + "..."
 
 
 def _cause(exitcode: int | None) -> str:
@@ -90,6 +99,37 @@ def _cause(exitcode: int | None) -> str:
     return "killed, likely out of memory"
 
 
+class _Watchdog(threading.Thread):
+    """Kills the worker of an item that runs longer than ``timeout`` seconds (a hung task); the
+    pool then breaks, and the map reports that item (``item`` is its index, else None)."""
+
+    def __init__(self, timeout: float, started: Any, done: Any, started_at: Any, pool: ProcessPoolExecutor) -> None:
+        super().__init__(name="hemaflow-executor-timeout", daemon=True)
+        self.timeout, self.started, self.done, self.started_at, self.pool = timeout, started, done, started_at, pool
+        self.item: int | None = None
+        self.finished = threading.Event()
+
+    def run(self) -> None:
+        n, first = len(self.done), 0  # items before `first` are done: not scanned again
+        poll = min(1.0, max(0.05, self.timeout / 10))
+        while not self.finished.wait(poll):
+            while first < n and self.done[first]:
+                first += 1
+            now = time.time()
+            for i in range(first, n):
+                pid, t0 = self.started[i], self.started_at[i]
+                if pid and t0 and not self.done[i] and now - t0 > self.timeout:
+                    proc = (getattr(self.pool, "_processes", None) or {}).get(pid)
+                    if proc is not None:  # only a worker of this pool, never another process
+                        self.item = i
+                        proc.kill()
+                        return
+
+    def stop(self) -> None:
+        self.finished.set()
+        self.join()
+
+
 class SerialExecutor(Executor):
     """Runs items one after another in this process (the default)."""
 
@@ -102,7 +142,10 @@ class ProcessExecutor(Executor):
 
     A worker that dies (killed, out of memory) fails the map within moments with
     :class:`~hemaflow.core.errors.WorkerDiedError` naming the item it was processing;
-    it never hangs.
+    it never hangs. An item that never returns (a hung task) is stopped by ``timeout``
+    (seconds per item, off by default): its worker is killed and the map fails with
+    :class:`~hemaflow.core.errors.TaskTimeoutError` naming the item. With a timeout even one
+    item, or ``workers: 1``, runs in a worker process, so that it can be stopped.
     """
 
     name = "processes"
@@ -114,6 +157,9 @@ class ProcessExecutor(Executor):
                         "description": "number of worker processes; 0 means one per CPU"},
             "chunksize": {"type": "integer", "minimum": 1, "default": 1},
             "start_method": {"enum": ["fork", "spawn", "forkserver"], "default": "fork"},
+            "timeout": {"type": ["number", "null"], "exclusiveMinimum": 0, "default": None,
+                        "description": "seconds one item may run in a worker; an item still running then fails "
+                                       "the step naming it (its worker is stopped); none: no limit"},
         },
         "additionalProperties": False,
     }
@@ -121,17 +167,22 @@ class ProcessExecutor(Executor):
     def map(self, fn: Callable, items: Iterable, *, progress: Callable | None = None) -> list[Any]:
         items = list(items)
         workers = self.params.get("workers") or cpu_count()
-        if workers <= 1 or len(items) <= 1:
-            return super().map(fn, items, progress=progress)
+        timeout = self.params.get("timeout")
+        if not items or (not timeout and (workers <= 1 or len(items) <= 1)):
+            return super().map(fn, items, progress=progress)  # with a timeout even one item goes to a worker
         ctx = mp.get_context(self.params.get("start_method", "fork"))
         # each slot is written by one worker only, so no lock is needed
         started = ctx.Array("q", len(items), lock=False)
         done = ctx.Array("b", len(items), lock=False)
-        pool = ProcessPoolExecutor(min(workers, len(items)), mp_context=ctx, initializer=_worker_init,
-                                   initargs=(started, done))
+        started_at = ctx.Array("d", len(items), lock=False) if timeout else None
+        pool = ProcessPoolExecutor(max(1, min(workers, len(items))), mp_context=ctx, initializer=_worker_init,
+                                   initargs=(started, done, started_at))
+        watchdog = _Watchdog(float(timeout), started, done, started_at, pool) if timeout else None
         out: list[Any] = []
         procs: dict[int, Any] = {}
         try:
+            if watchdog is not None:
+                watchdog.start()
             results = pool.map(_Tracked(fn), enumerate(items), chunksize=self.params.get("chunksize", 1))
             procs = dict(getattr(pool, "_processes", None) or {})  # every worker exists once all is submitted
             for result in results:
@@ -141,6 +192,12 @@ class ProcessExecutor(Executor):
         except BrokenProcessPool as exc:
             procs.update(getattr(pool, "_processes", None) or {})
             pool.shutdown(wait=True, cancel_futures=True)
+            if watchdog is not None:
+                watchdog.stop()
+                if watchdog.item is not None:  # the pool broke because the watchdog stopped a hung item
+                    i = watchdog.item
+                    raise TaskTimeoutError(f"item {i + 1} of {len(items)} ({describe_item(items[i])})",
+                                           float(timeout)) from None
             raise self._worker_died(items, started, done, procs, len(out)) from exc
         except BaseException:
             # an item failed or Ctrl-C: stop at once (as Pool did) instead of finishing running tasks
@@ -148,6 +205,8 @@ class ProcessExecutor(Executor):
                 proc.terminate()
             raise
         finally:
+            if watchdog is not None and watchdog.is_alive():
+                watchdog.stop()
             pool.shutdown(wait=True, cancel_futures=True)
         return out
 
@@ -244,9 +303,15 @@ class DaskExecutor(Executor):
             return self._client
         workers = self.params.get("workers") or cpu_count()
         # the scheduler gives up on a task at the first worker that dies under it: this executor
-        # retries such a chunk itself, item by item, to name the item that kills its worker
+        # retries such a chunk itself, item by item, to name the item that kills its worker.
+        # Workers keep one thread per library (as pool workers) but not dask's default
+        # MALLOC_TRIM_THRESHOLD_=65536: with it every freed image goes back to the system and the
+        # next one faults its pages in again; image steps ran at half speed (benchmarks/run_all.py)
+        environ = {k: v for k, v in dict(dask.config.get("distributed.nanny.pre-spawn-environ", {})).items()
+                   if k != "MALLOC_TRIM_THRESHOLD_"}
         with dask.config.set({"distributed.scheduler.allowed-failures": 0,
-                              "distributed.worker.daemon": False}):
+                              "distributed.worker.daemon": False,
+                              "distributed.nanny.pre-spawn-environ": environ}):
             # no dashboard; the scheduler's small HTTP server on a free port of this machine only
             self._cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                                          host="127.0.0.1", dashboard_address=":0",
