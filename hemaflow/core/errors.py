@@ -9,6 +9,7 @@
     │   └── UnknownComponentError  a recipe names a component nobody registered
     ├── DataError                  bad input data: names the file and the problem
     ├── WorkerDiedError            a worker process of the executor died (killed, out of memory)
+    ├── TaskTimeoutError           an item ran longer than the executor's per-item timeout
     ├── OutputError                a file of the run directory could not be written (disk full)
     └── StepError                  a step failed; wraps the cause, names step and component
 
@@ -97,6 +98,16 @@ class WorkerDiedError(HemaflowError):
         self.item, self.cause = item, cause
         where = f" while processing {item}" if item else ""
         super().__init__(f"a worker process died{where} ({cause}): lower the executor's workers or the image size")
+
+
+class TaskTimeoutError(HemaflowError):
+    """An item ran longer than the executor's per-item ``timeout`` (a hung task); its worker
+    was stopped. ``item`` names the item, ``timeout`` is in seconds."""
+
+    def __init__(self, item: str, timeout: float):
+        self.item, self.timeout = item, timeout
+        super().__init__(f"{item} did not finish within the executor's timeout of {timeout:g} s: its worker was "
+                         "stopped (a hung task, or raise executor.with.timeout)")
 
 
 class OutputError(HemaflowError):
