@@ -10,8 +10,9 @@
    training instances (as in MIL);
 2. the pooled rows are standardized with mean/std of the fold's **training patients only**
    (missing values take the training mean; saved as ``fold<k>_scaler.npz``);
-3. a scikit-learn model (logistic regression by default, L2, ``C``, balanced class weights) is
-   fitted on the training patients (``fit_on: train_val`` adds the validation patients: nothing
+3. a scikit-learn model (logistic regression by default, L2 with ``C`` chosen per fold by an
+   inner CV on the training patients (``C: auto``, :class:`AutoC`) or fixed, balanced class
+   weights) is fitted on the training patients (``fit_on: train_val`` adds the validation patients: nothing
    is selected on them here) and predicts the fold's test patients.
 
 A learned aggregator that does not beat this on the same cells has not learned anything a
@@ -22,7 +23,7 @@ Example::
     mil:
       uses: pooled_baseline
       inputs: {features: cellfeats, split: split}
-      with: {model: logistic_regression, C: 1.0}
+      with: {model: logistic_regression, C: auto}
 """
 
 from __future__ import annotations
