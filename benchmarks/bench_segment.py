@@ -8,7 +8,8 @@
 (d) ``speed``: inference images/s of each architecture/encoder at input scale 0.25 and 0.5.
 (b) ``throughput``: normalize (macenko) -> classical -> morphology -> cell crops on 640x480
     fields through hemaflow components, images/s, and the ratio to a plain loop calling the
-    same library functions directly (torchstain, numpy/scipy/skimage), in one process.
+    same library functions directly (torchstain, numpy/scipy/skimage) with the components' own
+    parameters (the same cells), in one process, interleaved, best of two each.
 
 Usage::
 
@@ -181,6 +182,7 @@ def bench_throughput(args) -> dict:
     from hemaflow.plugins.normalize import MacenkoNormalizer
     from hemaflow.plugins.postprocess import MorphologyPostprocessor, clean_mask
     from hemaflow.plugins.segment import ClassicalSegmenter, classical_mask
+    from hemaflow.plugins.segment.adaptive import adaptive_mask
 
     torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="bench_tp_"))
@@ -193,7 +195,15 @@ def bench_throughput(args) -> dict:
         (make(MorphologyPostprocessor), "post"),
         (make(CellCrops), "cells"),
     ]
-    # plain loop: the same library calls, no artifacts, no table bookkeeping
+    seg_kw = pipeline[1][0].seg_params()
+    algorithm = seg_kw.pop("algorithm")
+    post_kw = pipeline[2][0].clean_params()
+    cp = pipeline[3][0].params
+    cell_kw = {k: cp[k] for k in ("crop_size", "scale", "margin", "padding", "pad_value", "min_area",
+                                  "mask_neighbours") if k in cp}
+
+    # plain loop: the same library calls with the components' own parameters, no artifacts,
+    # no table bookkeeping
     def plain() -> int:
         norm = torchstain.normalizers.MacenkoNormalizer(backend="torch")
         ref = io.read_image(ref_path)
@@ -205,9 +215,10 @@ def bench_throughput(args) -> dict:
             out, _, _ = norm.normalize(I=torch.from_numpy(img).permute(2, 0, 1).contiguous(), stains=False)
             img_n = np.clip(out.numpy(), 0, 255).astype(np.uint8)
             io.write_png(work / "plain.png", img_n)
-            mask = classical_mask(img_n)
-            mask, inst = clean_mask(mask, opening_radius=1, closing_radius=2, min_area=100)
-            rows, crops, _ = extract_cells(img_n, mask, inst)
+            mask = adaptive_mask(img_n, **seg_kw) if algorithm == "adaptive" else classical_mask(img_n, **seg_kw)
+            io.write_png(work / "plain_mask.png", mask)
+            mask, inst = clean_mask(mask, **post_kw)
+            rows, crops, _ = extract_cells(img_n, mask, inst, **cell_kw)
             crops_all.append(crops)
             cells += len(rows)
         return cells
@@ -221,14 +232,16 @@ def bench_throughput(args) -> dict:
         return len(cells.table)
 
     res = {"n_images": n, "size": "640x480"}
-    for name, fn in (("plain", plain), ("components", components), ("plain_again", plain)):
+    for name, fn in (("plain", plain), ("components", components), ("plain_again", plain),
+                     ("components_again", components)):
         t0 = time.perf_counter()
         cells = fn()
         dt = time.perf_counter() - t0
         res[name] = {"seconds": dt, "images_per_s": n / dt, "cells": cells}
         print(name, res[name], flush=True)
     plain_s = min(res["plain"]["seconds"], res["plain_again"]["seconds"])
-    res["ratio_components_to_plain"] = res["components"]["seconds"] / plain_s
+    comp_s = min(res["components"]["seconds"], res["components_again"]["seconds"])
+    res["ratio_components_to_plain"] = comp_s / plain_s  # best of two each, interleaved (a busy machine)
     return res
 
 

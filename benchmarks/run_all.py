@@ -196,8 +196,10 @@ def run_engine(p: dict[str, Any]) -> dict[str, Any]:
 
     args = argparse.Namespace(n=p["n"], threads=1)
     res = bench_segment.bench_throughput(args)
-    return {"n_images": res["n_images"], "plain_images_per_s": round(res["plain"]["images_per_s"], 2),
-            "components_images_per_s": round(res["components"]["images_per_s"], 2),
+    return {"n_images": res["n_images"],
+            "plain_images_per_s": round(max(res["plain"]["images_per_s"], res["plain_again"]["images_per_s"]), 2),
+            "components_images_per_s": round(max(res["components"]["images_per_s"],
+                                                 res["components_again"]["images_per_s"]), 2),
             "ratio_components_to_plain": round(res["ratio_components_to_plain"], 3), "load": load()}
 
 
