@@ -349,6 +349,9 @@ def build_parser() -> argparse.ArgumentParser:
     from hemaflow.core import cache_cmd
 
     cache_cmd.add_parser(sub)  # hemaflow cache ls|verify|prune|clear
+    from hemaflow.core import bundle
+
+    bundle.add_parsers(sub)  # hemaflow export|predict
     return p
 
 

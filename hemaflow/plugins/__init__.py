@@ -24,6 +24,7 @@ DEFAULT_PLUGINS = [
     "hemaflow.plugins.classify.apply",
     "hemaflow.plugins.mil.components",
     "hemaflow.plugins.mil.baseline",
+    "hemaflow.plugins.mil.apply",
     "hemaflow.plugins.evaluate",
     "hemaflow.plugins.cohort",
     "hemaflow.plugins.report",

@@ -1,0 +1,527 @@
+"""Bundles: a finished run's fitted inference path as one portable folder (or zip).
+
+``hemaflow export RUN_DIR --out model.hfb [--fold K]`` collects, from the run's cache entries
+(``provenance.json`` names each step's cache key), every part the inference path of fold ``K``
+fitted; ``hemaflow predict BUNDLE DATA --out DIR`` runs that path on new patients through the
+normal :class:`~hemaflow.core.runner.Runner`, on a recipe generated from the bundle in which
+each fitted step reads its stored state instead of fitting (docs/bundles.md)::
+
+    model.hfb/
+      bundle.json       format, hemaflow and component versions, fold, classes, decision rule,
+                        training data fingerprint, expected images, every part with its SHA-256
+      recipe.json       the inference path (data -> normalize -> segment -> cells -> features ->
+                        apply_bundle); ``@bundle`` stands for the bundle's folder
+      model_card.md     data, metrics with CIs, intended use, per-cohort results
+      parts/<step>/     stain reference image + state.json, encoder.safetensors,
+                        net.safetensors + state.safetensors (scaler, PCA, OOD statistics)
+
+Tensors are safetensors, everything else JSON (or the reference PNG): no pickles.
+
+Example::
+
+    from hemaflow.core.bundle import export_bundle, predict
+    export_bundle(Path("runs/mil"), Path("model.hfb"), fold=0)
+    predict(Path("model.hfb"), "new_patients/", Path("runs/new"))
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import hashlib
+import json
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hemaflow.core.errors import DataError, UsageError
+
+FORMAT = "hemaflow-bundle"
+FORMAT_VERSION = 1
+BUNDLE_REF = "@bundle"
+#: components the inference path runs unchanged: they fit nothing
+STATELESS_KINDS = ("segmenter", "postprocessor", "cells", "features")
+STAIN = ("macenko", "reinhard")
+
+
+@dataclass
+class Bundle:
+    """A loaded, checked bundle: its folder and ``bundle.json``."""
+
+    root: Path
+    info: dict[str, Any]
+
+    def part(self, step: str) -> dict[str, Any]:
+        parts = self.info.get("parts", {})
+        if step not in parts:
+            raise DataError(self.root / "bundle.json", f"has no part {step!r}; its parts are {sorted(parts)}")
+        return parts[step]
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        return json.loads((self.root / "recipe.json").read_text())
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _minor(version: str) -> tuple[str, ...]:
+    return tuple(str(version).split(".")[:2])
+
+
+# -- loading and checks ---------------------------------------------------------------------------
+def load_bundle(path: Path, *, version_policy: str = "error") -> Bundle:
+    """Open a bundle folder and check it: format, hemaflow version (major.minor must match;
+    ``version_policy="warn"`` only warns), and every listed file present with its SHA-256.
+
+    Raises:
+        DataError: not a bundle, another hemaflow version, a missing or changed part (named).
+    """
+    import warnings
+
+    from hemaflow import __version__
+
+    path = Path(path)
+    meta = path / "bundle.json"
+    if not path.is_dir() or not meta.is_file():
+        raise DataError(path, "not a hemaflow bundle (no bundle.json; write one with `hemaflow export RUN_DIR --out DIR`)")
+    try:
+        info = json.loads(meta.read_text())
+    except (OSError, ValueError) as exc:
+        raise DataError(meta, f"unreadable bundle description ({exc})") from None
+    if info.get("format") != FORMAT:
+        raise DataError(meta, f"not a hemaflow bundle (format {info.get('format')!r})")
+    if int(info.get("format_version", 0)) > FORMAT_VERSION:
+        raise DataError(meta, f"bundle format {info.get('format_version')} is newer than this hemaflow reads "
+                              f"({FORMAT_VERSION}); upgrade hemaflow")
+    made = str(info.get("hemaflow", "?"))
+    if _minor(made) != _minor(__version__):
+        msg = (f"the bundle was written by hemaflow {made}, this is hemaflow {__version__}: versions that differ "
+               f"in major.minor may compute other features; use hemaflow {'.'.join(_minor(made))}.x or export the "
+               f"run again")
+        if version_policy == "error":
+            raise DataError(meta, msg)
+        warnings.warn(msg, stacklevel=2)
+    for rel, digest in sorted(info.get("files", {}).items()):
+        f = path / rel
+        if not f.is_file():
+            raise DataError(path, f"missing part {rel} (listed in bundle.json); the bundle is incomplete")
+        if _sha256(f) != digest:
+            raise DataError(f, "changed since export (SHA-256 differs from bundle.json)")
+    return Bundle(path, info)
+
+
+def open_bundle(path: Path, workdir: Path) -> Bundle:
+    """:func:`load_bundle` for a folder, or a ``.zip`` unpacked into ``workdir`` first."""
+    path = Path(path).expanduser()
+    if path.is_file() and zipfile.is_zipfile(path):
+        dest = workdir / (path.stem + ".hfb")
+        if dest.exists():
+            shutil.rmtree(dest)
+        with zipfile.ZipFile(path) as z:
+            for name in z.namelist():
+                if name.startswith("/") or ".." in Path(name).parts:
+                    raise DataError(path, f"unsafe path in the zip: {name}")
+            z.extractall(dest)
+        return load_bundle(dest)
+    if not path.exists():
+        raise DataError(path, "bundle not found")
+    return load_bundle(path)
+
+
+# -- export ---------------------------------------------------------------------------------------
+def _run_steps(run_dir: Path) -> tuple[dict[str, Any], Any, dict[str, Any]]:
+    from hemaflow.core.plugins import get_registry
+    from hemaflow.core.recipe import load_recipe
+    from hemaflow.core.validate import resolve
+
+    prov_path = run_dir / "provenance.json"
+    if not prov_path.is_file():
+        raise DataError(run_dir, "not a run directory (no provenance.json)")
+    prov = json.loads(prov_path.read_text())
+    if prov.get("status") != "ok":
+        raise DataError(prov_path, f"the run did not finish (status {prov.get('status')!r}); export a finished run")
+    resolved = resolve(load_recipe(run_dir / "recipe.resolved.yaml"), get_registry())
+    return prov, resolved, json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
+
+
+def _ancestors(specs: dict[str, Any], target: str) -> list[str]:
+    need, todo = set(), [target]
+    while todo:
+        s = todo.pop()
+        if s in need:
+            continue
+        need.add(s)
+        todo += [src for src, _ in specs[s].inputs.values()]
+    return [s for s in specs if s in need]
+
+
+def _image_shape(images: Any) -> dict[str, Any]:
+    """Median field size (from file headers, at most 50 images) and pixel size of an ImageSet."""
+    import numpy as np
+    from PIL import Image
+
+    t = images.table
+    sides = []
+    for _, r in t.head(50).iterrows():
+        try:
+            with Image.open(images.image_path(r)) as im:
+                sides.append(im.size)
+        except OSError:
+            continue
+    out: dict[str, Any] = {}
+    if sides:
+        out["width_px"] = int(np.median([s[0] for s in sides]))
+        out["height_px"] = int(np.median([s[1] for s in sides]))
+    if "um_per_px" in t.columns:
+        v = np.asarray(t["um_per_px"], float)
+        if np.isfinite(v).any():
+            out["um_per_px"] = float(np.nanmedian(v))
+    return out
+
+
+def export_bundle(run_dir: Path, out: Path, fold: int | None = None) -> Path:
+    """Write the bundle of fold ``fold`` (default: the MIL step's first fold) of a finished run.
+
+    Raises:
+        DataError: not a finished run, a cache entry gone, a step whose fitted state a bundle
+            cannot carry (named), a fold the run did not train.
+    """
+    import hemaflow
+    from hemaflow.core.cache import StepCache, default_cache_dir
+    from hemaflow.plugins.mil.apply import ENCODER_TRAIN_ONLY, export_encoder, export_mil
+
+    run_dir, out = Path(run_dir), Path(out)
+    prov, resolved, metrics = _run_steps(run_dir)
+    specs = {s.id: s for s in resolved.steps}
+    mils = [s.id for s in resolved.steps if s.kind == "mil"]
+    if len(mils) != 1:
+        raise DataError(run_dir / "recipe.resolved.yaml", f"a bundle needs exactly one MIL step; the run has {mils}")
+    mil_id = mils[0]
+    keys = {s["id"]: s["cache_key"] for s in prov.get("steps", [])}
+    cache = StepCache(Path(prov.get("cache") or default_cache_dir()))
+    from hemaflow.core.plugins import get_registry
+
+    reg = get_registry()
+    loaded: dict[str, dict[str, Any]] = {}
+
+    def outputs(step: str) -> dict[str, Any]:
+        if step not in loaded:
+            key = keys.get(step)
+            if not key or cache.lookup(key) is None:
+                raise DataError(cache.root, f"the cache entry of step {step!r} ({(key or '?')[:12]}) is gone (pruned, "
+                                            f"or another cache); rerun the recipe, then export")
+            loaded[step] = {n: reg.artifact_type(t).load(p) for n, (t, p) in cache.outputs(key).items()}
+        return loaded[step]
+
+    mil_spec = specs[mil_id]
+    model_meta = outputs(mil_id)["model"].meta
+    folds = [int(f) for f in model_meta.get("folds", [])]
+    fold = folds[0] if fold is None and folds else fold
+    if fold not in folds:
+        raise UsageError(f"--fold {fold}: the run's MIL step trained folds {folds}")
+
+    tmp = Path(tempfile.mkdtemp(prefix=".hfb-", dir=out.parent if out.parent.exists() else None))
+    try:
+        parts_dir = tmp / "parts"
+        steps: dict[str, Any] = {}
+        info_parts: dict[str, Any] = {}
+        components: dict[str, Any] = {}
+        data_id = None
+        expects: dict[str, Any] = {}
+        for sid in _ancestors(specs, mil_id):
+            spec = specs[sid]
+            comp = spec.cls(**spec.params)
+            components[sid] = {"component": spec.uses, "version": getattr(spec.cls, "version", "?")}
+            inputs = {n: f"{src}.{o}" for n, (src, o) in spec.inputs.items()
+                      if specs[src].kind != "splitter"}
+            new = {"uses": spec.uses, "inputs": inputs, "with": copy.deepcopy(spec.params)}
+            if spec.kind == "dataset":
+                data_id = sid
+                expects = _image_shape(outputs(sid)["images"])
+                continue
+            if spec.kind == "splitter":
+                continue
+            dest = parts_dir / sid
+            if spec.uses in STAIN:
+                images = outputs(sid)["images"]
+                ref = Path(images.meta["stain_reference"])
+                if not ref.is_file():
+                    raise DataError(ref, f"the stain reference of step {sid!r} is gone; the bundle needs it")
+                dest.mkdir(parents=True, exist_ok=True)
+                name = "reference" + (ref.suffix or ".png")
+                shutil.copyfile(ref, dest / name)
+                (dest / "state.json").write_text(json.dumps(images.meta.get("stain_state"), indent=1))
+                new["with"]["reference"] = f"{BUNDLE_REF}/parts/{sid}/{name}"
+                info_parts[sid] = {"component": spec.uses, "files": [name, "state.json"],
+                                   "reference_from": images.meta.get("stain_reference_from")}
+            elif spec.uses == "instance_encoder":
+                name = export_encoder(comp, outputs(sid), fold, dest)
+                new["with"]["pretrain"] = "none"
+                new["with"]["pretrained"] = f"{BUNDLE_REF}/parts/{sid}/{name}"
+                for k in ENCODER_TRAIN_ONLY:
+                    new["with"].pop(k, None)
+                info_parts[sid] = {"component": spec.uses, "files": [name], "fold": fold,
+                                   "pretrain": spec.params.get("pretrain"), "backbone": spec.params.get("backbone"),
+                                   "image_size": spec.params.get("image_size")}
+            elif sid == mil_id:
+                ins = {n: outputs(src)[o] for n, (src, o) in spec.inputs.items()}
+                info_parts[sid] = export_mil(sid, comp, outputs(sid), ins, fold, dest)
+                new = {"uses": "apply_bundle", "inputs": inputs,
+                       "with": {"bundle": BUNDLE_REF, "step": sid}}
+            elif spec.kind in STATELESS_KINDS and not any(specs[s].kind == "splitter" for s, _ in spec.inputs.values()):
+                for ptr, f in comp.input_files().items():  # a weights or params file the step reads
+                    f = Path(f)
+                    dest.mkdir(parents=True, exist_ok=True)
+                    name = ptr.strip("/").replace("/", "_") + "-" + f.name
+                    shutil.copyfile(f, dest / name)
+                    node = new["with"]
+                    *head, last = ptr.strip("/").split("/")
+                    for k in head:
+                        node = node[k]
+                    node[last] = f"{BUNDLE_REF}/parts/{sid}/{name}"
+                    info_parts.setdefault(sid, {"component": spec.uses, "files": []})["files"].append(name)
+            else:
+                raise DataError(run_dir / "recipe.resolved.yaml",
+                                f"step {sid!r} ({spec.uses}, kind {spec.kind}) fits state that a bundle cannot carry "
+                                f"yet; the inference path may hold stain normalizers, instance_encoder, stateless "
+                                f"segmentation/cells/features steps and one MIL step")
+            steps[sid] = new
+        if data_id is None:
+            raise DataError(run_dir, "the MIL step does not descend from a data set step")
+        recipe = {"name": f"{resolved.name}-bundle", "seed": resolved.data.get("seed", 0),
+                  "device": resolved.data.get("device", "auto"), "data_step": data_id,
+                  "training_data": {"uses": specs[data_id].uses, "with": specs[data_id].params},
+                  "steps": steps, "report": {"uses": "html"}}
+        (tmp / "recipe.json").write_text(json.dumps(recipe, indent=1, default=str))
+        mil_part = info_parts[mil_id]
+        info = {"format": FORMAT, "format_version": FORMAT_VERSION, "hemaflow": hemaflow.__version__,
+                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "source_run": str(run_dir.resolve()), "recipe": resolved.name, "fold": fold,
+                "refit": "none: the fold's own fitted parts (a refit on all patients is not implemented)",
+                "classes": mil_part["classes"], "decision_rule": mil_part["decision_rule"],
+                "mil_step": mil_id, "components": components, "versions": prov.get("versions", {}),
+                "training_data": {"step": data_id, "component": specs[data_id].uses,
+                                  "params": specs[data_id].params, "input_data_hash": prov.get("input_data_hash"),
+                                  "cache_key": keys.get(data_id)},
+                "expects": expects, "parts": info_parts}
+        (tmp / "model_card.md").write_text(model_card(info, metrics, mil_part))
+        seal(tmp, info)
+        if out.suffix == ".zip":
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as z:
+                for f in sorted(tmp.rglob("*")):
+                    if f.is_file():
+                        z.write(f, f.relative_to(tmp).as_posix())
+        else:
+            if out.exists():
+                if not (out / "bundle.json").exists():
+                    raise UsageError(f"--out {out}: exists and is not a bundle; refusing to overwrite it")
+                shutil.rmtree(out)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(tmp), str(out))
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def seal(folder: Path, info: dict[str, Any]) -> None:
+    """Write ``bundle.json``: ``info`` plus the SHA-256 of every other file of ``folder``."""
+    info["files"] = {f.relative_to(folder).as_posix(): _sha256(f) for f in sorted(folder.rglob("*"))
+                     if f.is_file() and f.name != "bundle.json"}
+    (folder / "bundle.json").write_text(json.dumps(info, indent=1, default=str))
+
+
+def _fmt_metric(sec: dict[str, Any], key: str) -> str:
+    v = sec.get(key)
+    if v is None:
+        return "n/a"
+    ci = sec.get(f"{key}_ci")
+    return f"{v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def model_card(info: dict[str, Any], metrics: dict[str, Any], mil: dict[str, Any]) -> str:
+    """The bundle's model card (Markdown): data, metrics with CIs, intended use, cohorts."""
+    td = info["training_data"]
+    lines = [f"# Model card: {info['recipe']}, fold {info['fold']}", "",
+             f"hemaflow {info['hemaflow']}; exported {info['created']} from `{info['source_run']}`.", "",
+             "## Model", "",
+             f"- MIL step `{info['mil_step']}`: `{mil['component']}` (version {mil['version']}); classes, in order: "
+             f"{', '.join(mil['classes'])}; decision: {mil['decision_rule']}.",
+             f"- Fitted parts of fold {info['fold']} only (trained on that fold's training patients, early stopping "
+             f"on its validation patients). {info['refit']}.",
+             "- Inference path: " + " -> ".join(f"{k} ({v['component']})" for k, v in info["components"].items()
+                                                if k != info.get("split")), "",
+             "## Training data", "",
+             f"- `{td['component']}` with {json.dumps(td['params'], default=str)}",
+             f"- data fingerprint (input data hash): `{td['input_data_hash']}`; data step cache key `{td['cache_key']}`",
+             f"- expected images: {json.dumps(info['expects'])}", "",
+             "## Metrics (the run's cross-validation, all folds; 95% bootstrap intervals over patients)", ""]
+    pat = metrics.get("patient") or {}
+    if pat:
+        lines += ["| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {_fmt_metric(pat, k)} |" for k in ("accuracy", "balanced_accuracy", "macro_f1", "auroc")]
+        lines += [f"| n patients | {pat.get('n', 'n/a')} |", ""]
+    else:
+        lines += ["No patient-level metrics in the run.", ""]
+    fold_m = next((f for f in metrics.get("folds", []) if f.get("fold") == info["fold"]), None)
+    if fold_m and fold_m.get("patient"):
+        lines += [f"Fold {info['fold']} alone: accuracy {_fmt_metric(fold_m['patient'], 'accuracy')}, "
+                  f"n {fold_m['patient'].get('n', 'n/a')}.", ""]
+    coh = metrics.get("cohort") or {}
+    if coh.get("per_cohort"):
+        lines += ["## Per cohort", "", "| cohort | accuracy | AUROC | n |", "|---|---|---|---|"]
+        per = coh["per_cohort"]
+        items = per.items() if isinstance(per, dict) else [(r.get("cohort"), r) for r in per]
+        for name, r in items:
+            lines.append(f"| {name} | {r.get('accuracy', 'n/a')} | {r.get('auroc', 'n/a')} | {r.get('n', 'n/a')} |")
+        lines.append("")
+    ood = mil.get("ood", {})
+    lines += ["## Intended use", "",
+              "Research use: a second reading of peripheral blood smears of the kind it was trained on (same "
+              "stain protocol, scanner and magnification). Not a medical device; not validated for clinical "
+              "diagnosis. Every prediction should be reviewed by a haematologist together with the top-attention "
+              "cells in the report.", "",
+              "## Out-of-distribution check", "",
+              f"Score: {ood.get('score')}. Training cohort ({ood.get('n_reference_patients')} patients, fold "
+              f"{info['fold']}'s features): median {ood.get('reference_median', 0):.2f}, max "
+              f"{ood.get('reference_max', 0):.2f}; a new patient above {ood.get('threshold', 0):.2f} "
+              f"({ood.get('factor')} x that max) is a warning in the report. Images of another size or scale than "
+              f"the expected ones are refused.", ""]
+    return "\n".join(lines)
+
+
+# -- apply ----------------------------------------------------------------------------------------
+def _substitute(value: Any, root: Path) -> Any:
+    if isinstance(value, str) and value.startswith(BUNDLE_REF):
+        return str(root) + value[len(BUNDLE_REF):]
+    if isinstance(value, dict):
+        return {k: _substitute(v, root) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, root) for v in value]
+    return value
+
+
+def data_step(data: str | Path) -> dict[str, Any]:
+    """The data step for ``hemaflow predict DATA``: a YAML file with a step (``uses:``/``with:``),
+    or a folder of patients (``<DATA>/<patient>/<images>``, labels.csv optional)."""
+    p = Path(data).expanduser()
+    if p.is_file() and p.suffix.lower() in (".yaml", ".yml"):
+        step = yaml.safe_load(p.read_text())
+        if not isinstance(step, dict) or "uses" not in step:
+            raise UsageError(f"{p}: a data step needs `uses:` (e.g. uses: patient_folders, with: {{root: ...}})")
+        return {"uses": step["uses"], "with": dict(step.get("with") or {})}
+    if p.is_dir():
+        return {"uses": "patient_folders", "with": {"root": str(p.resolve())}}
+    raise UsageError(f"{p}: not a folder of patients nor a data step YAML file")
+
+
+def apply_recipe(bundle: Bundle, data: dict[str, Any]) -> dict[str, Any]:
+    """The recipe that runs the bundle's inference path on ``data`` (a data step)."""
+    r = bundle.recipe
+    steps = {r["data_step"]: {"uses": data["uses"], "with": data.get("with", {})}}
+    for sid, spec in r["steps"].items():
+        steps[sid] = _substitute(spec, bundle.root.resolve())
+    return {"name": r["name"], "description": f"apply the bundle {bundle.root.name} (fold {bundle.info['fold']})",
+            "seed": r["seed"], "device": r["device"], "executor": {"uses": "serial"}, "steps": steps,
+            "report": r["report"]}
+
+
+def _check_images(bundle: Bundle, images: Any) -> None:
+    exp = bundle.info.get("expects") or {}
+    got = _image_shape(images)
+    if not exp.get("width_px") or not got.get("width_px"):
+        return
+    for dim in ("width_px", "height_px"):
+        if abs(got[dim] - exp[dim]) > 0.25 * exp[dim]:
+            raise DataError(images.path, f"the new images are {got['width_px']}x{got['height_px']} px (median), the "
+                                         f"bundle expects fields of {exp['width_px']}x{exp['height_px']} px"
+                                         + (f" at {exp['um_per_px']} um/px" if exp.get("um_per_px") else "")
+                                         + ": bring the images to the training scale (same magnification and size)")
+    if exp.get("um_per_px") and got.get("um_per_px") and abs(got["um_per_px"] - exp["um_per_px"]) > 0.1 * exp["um_per_px"]:
+        raise DataError(images.path, f"the new images have {got['um_per_px']} um/px, the bundle expects "
+                                     f"{exp['um_per_px']} um/px")
+
+
+def predict(bundle_path: Path, data: str | Path | dict[str, Any], out: Path, *, use_cache: bool = True,
+            console: Any = None) -> Any:
+    """Run a bundle's inference path on new data; return the :class:`RunOutcome`.
+
+    ``data``: a folder of patients, a data step YAML file, or a data step dict.
+    """
+    from hemaflow.core.plugins import get_registry
+    from hemaflow.core.recipe import load_recipe
+    from hemaflow.core.runner import Runner
+    from hemaflow.core.validate import resolve
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    work = out / ".bundle"
+    work.mkdir(exist_ok=True)
+    bundle = open_bundle(Path(bundle_path), work)
+    step = data if isinstance(data, dict) else data_step(data)
+    if step["uses"] == "patient_folders" and not step["with"].get("labels"):
+        root = Path(step["with"]["root"])
+        if not (root / "labels.csv").exists():  # new patients without a diagnosis
+            import pandas as pd
+
+            pats = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+            pd.DataFrame({"patient": pats, "diagnosis": "unknown"}).to_csv(work / "labels.csv", index=False)
+            step["with"]["labels"] = str(work / "labels.csv")
+    recipe = apply_recipe(bundle, step)
+    rpath = work / "apply.recipe.yaml"
+    rpath.write_text(yaml.safe_dump(recipe, sort_keys=False))
+    resolved = resolve(load_recipe(rpath), get_registry())
+    runner = Runner(resolved, get_registry(), console=console, use_cache=use_cache)
+    # the data step first: a bundle applied to images of another size or scale says what it expects
+    spec = next(s for s in resolved.steps if s.id == bundle.recipe["data_step"])
+    res = runner._run_step(spec, {})
+    _check_images(bundle, res.outputs["images"])
+    return runner.run(out)
+
+
+# -- command line ---------------------------------------------------------------------------------
+def cmd_export(args: Any) -> int:
+    out = export_bundle(Path(args.run_dir), Path(args.out), fold=args.fold)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_predict(args: Any) -> int:
+    from hemaflow.core.cli import _console
+
+    outcome = predict(Path(args.bundle), args.data, Path(args.out), use_cache=not args.no_cache, console=_console())
+    flagged = []
+    for res in outcome.steps:
+        for art in res.outputs.values():
+            if getattr(art, "values", None) and "bundle" in art.values:
+                flagged = art.values["bundle"]["ood_flagged"]
+    print(f"wrote {outcome.run_dir}/predictions.csv" + (f"; {len(flagged)} patient(s) out of distribution: "
+                                                         f"{', '.join(flagged)}" if flagged else ""))
+    return 0
+
+
+def add_parsers(sub: Any) -> None:
+    """``hemaflow export`` and ``hemaflow predict``."""
+    e = sub.add_parser("export", help="write a finished run's fitted inference path as a bundle (folder or .zip)")
+    e.add_argument("run_dir", metavar="RUN_DIR")
+    e.add_argument("--out", required=True, metavar="BUNDLE", help="bundle folder (e.g. model.hfb) or a .zip")
+    e.add_argument("--fold", type=int, default=None, help="fold whose fitted parts to export (default: the first)")
+    e.set_defaults(func=cmd_export)
+    p = sub.add_parser("predict", help="apply a bundle to new patients (a folder of patients or a data step YAML)")
+    p.add_argument("bundle", metavar="BUNDLE")
+    p.add_argument("data", metavar="DATA", help="<DATA>/<patient>/<images> (labels.csv optional), or a YAML data step")
+    p.add_argument("--out", required=True, metavar="DIR", help="run directory for predictions.csv and report.html")
+    p.add_argument("--no-cache", action="store_true", help="neither read nor write the shared step cache")
+    p.set_defaults(func=cmd_predict)

@@ -1,0 +1,257 @@
+"""Bundles (issue 18): train the headline tiny, export fold 1, apply it in a fresh process with an
+empty cache to that fold's test patients (same probabilities), to new patients, to a shifted
+cohort (OOD warning); the classical baseline on a per-cell export; the checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from safetensors.numpy import load_file
+
+from hemaflow.core.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+RECIPES = REPO / "recipes"
+DATA = {"classes": "[AML, NORMAL]", "patients_per_class": "6", "images_per_patient": "2", "image_size": "128"}
+TINY = [x for k, v in DATA.items() for x in ("--set", f"steps.data.with.{k}={v}")] + [
+    "--set", "steps.split.with.k=3", "--set", "steps.radiomics.with.classes=[firstorder]",
+    "--set", "steps.encoder.with.backbone=test_convnext", "--set", "steps.encoder.with.image_size=32",
+    "--set", "steps.encoder.with.epochs=1", "--set", "steps.mil.with.epochs=2", "--executor", "serial"]
+FOLD = 1
+
+
+@contextmanager
+def cache_env(path: Path):
+    old = os.environ.get("HEMAFLOW_CACHE_DIR")
+    os.environ["HEMAFLOW_CACHE_DIR"] = str(path)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("HEMAFLOW_CACHE_DIR", None)
+        else:
+            os.environ["HEMAFLOW_CACHE_DIR"] = old
+
+
+def data_images(run: Path, step: str = "data"):
+    """The ImageSet a run's data step wrote (from its cache entry)."""
+    from hemaflow.core.cache import StepCache
+    from hemaflow.core.plugins import get_registry
+
+    prov = json.loads((run / "provenance.json").read_text())
+    key = next(s["cache_key"] for s in prov["steps"] if s["id"] == step)
+    t, p = StepCache(Path(prov["cache"])).outputs(key)["images"]
+    return get_registry().artifact_type(t).load(p)
+
+
+def write_manifest(images, dest: Path, patients=None, transform=None) -> Path:
+    """Copy (and optionally transform) the images of ``patients`` into a manifest data set;
+    return the data step YAML for `hemaflow predict`."""
+    from PIL import Image
+
+    dest.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for _, r in images.table.iterrows():
+        if patients is not None and str(r["patient_id"]) not in patients:
+            continue
+        img = np.asarray(Image.open(images.image_path(r)).convert("RGB"))
+        if transform is not None:
+            img = transform(img)
+        Image.fromarray(img).save(dest / f"{r['image_id']}.png")
+        rows.append({"image": f"{r['image_id']}.png", "patient": r["patient_id"], "label": r["label"],
+                     "image_id": r["image_id"]})
+    pd.DataFrame(rows).to_csv(dest / "manifest.csv", index=False)
+    (dest / "data.yaml").write_text(f"uses: manifest\nwith: {{path: {dest / 'manifest.csv'}, id_column: image_id}}\n")
+    return dest / "data.yaml"
+
+
+def fresh_predict(bundle: Path, data: Path, out: Path, cache: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HEMAFLOW_CACHE_DIR": str(cache)}
+    return subprocess.run([sys.executable, "-m", "hemaflow", "predict", str(bundle), str(data), "--out", str(out)],
+                          env=env, capture_output=True, text=True, cwd=REPO, timeout=600)
+
+
+def test_patients(run: Path, fold: int) -> list[str]:
+    split = pd.read_csv(run / "split.csv")
+    return sorted(split.loc[(split["fold"] == fold) & (split["partition"] == "test"), "patient_id"].astype(str))
+
+
+test_patients.__test__ = False  # a helper, not a test
+
+
+@pytest.fixture(scope="module")
+def headline(tmp_path_factory):
+    root = tmp_path_factory.mktemp("headline")
+    with cache_env(root / "cache"):
+        assert main(["run", str(RECIPES / "mil_multimodal.yaml"), "--out", str(root / "run"), *TINY]) == 0
+        assert main(["export", str(root / "run"), "--out", str(root / "model.hfb"), "--fold", str(FOLD)]) == 0
+    return root
+
+
+def test_bundle_holds_every_fitted_part_and_no_pickle(headline):
+    b = headline / "model.hfb"
+    info = json.loads((b / "bundle.json").read_text())
+    assert info["fold"] == FOLD and info["classes"] == ["AML", "NORMAL"] and info["hemaflow"]
+    assert set(info["parts"]) == {"normalize", "encoder", "mil"}
+    assert info["training_data"]["input_data_hash"] and info["expects"] == {"width_px": 128, "height_px": 128}
+    files = sorted(p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file())
+    assert files == ["bundle.json", "model_card.md", "parts/encoder/encoder.safetensors", "parts/mil/net.safetensors",
+                     "parts/mil/state.safetensors", "parts/normalize/reference.png", "parts/normalize/state.json",
+                     "recipe.json"]
+    # the scaler is the run's own fold scaler
+    run_scaler = np.load(next((headline / "cache").rglob(f"model/fold{FOLD}_scaler.npz")))
+    st = load_file(str(b / "parts/mil/state.safetensors"))
+    assert np.array_equal(st["mean"], run_scaler["mean"]) and np.array_equal(st["pca_components"],
+                                                                             run_scaler["pca_components"])
+    steps = json.loads((b / "recipe.json").read_text())["steps"]
+    assert list(steps) == ["normalize", "segment", "postprocess", "cells", "radiomics", "encoder", "mil"]
+    assert steps["normalize"]["with"]["reference"] == "@bundle/parts/normalize/reference.png"
+    assert steps["encoder"]["with"]["pretrain"] == "none" and steps["mil"]["uses"] == "apply_bundle"
+    assert all("split" not in s["inputs"] for s in steps.values())
+    card = (b / "model_card.md").read_text()
+    assert "## Intended use" in card and "accuracy" in card and "[" in card  # metrics with intervals
+
+
+def test_fresh_process_reproduces_the_folds_test_predictions(headline, tmp_path):
+    run = headline / "run"
+    pats = test_patients(run, FOLD)
+    data = write_manifest(data_images(run), tmp_path / "test_patients", set(pats))
+    cache = tmp_path / "empty-cache"
+    r = fresh_predict(headline / "model.hfb", data, tmp_path / "pred", cache)
+    assert r.returncode == 0, r.stderr
+    got = pd.read_csv(tmp_path / "pred" / "predictions.csv").set_index("id")
+    want = pd.read_csv(run / "predictions.csv").set_index("id").loc[pats]
+    assert sorted(got.index) == pats
+    for c in ("prob_AML", "prob_NORMAL"):
+        assert np.abs(got.loc[pats, c].to_numpy() - want[c].to_numpy()).max() < 1e-6
+    assert list(got.loc[pats, "y_pred"]) == list(want["y_pred"]) and set(got["fold"]) == {FOLD}
+    att = pd.read_csv(tmp_path / "pred" / "mil-attention.csv")
+    assert set(att["patient_id"].astype(str)) == set(pats)
+    assert np.allclose(att.groupby("patient_id")["score"].sum(), 1.0)
+    assert not got["ood_warning"].any()  # the training cohort's held-out patients
+    html = (tmp_path / "pred" / "report.html").read_text()
+    assert "Out-of-distribution check" in html and "no patient above the threshold" in html
+    prov = json.loads((tmp_path / "pred" / "provenance.json").read_text())
+    assert prov["cache"] == str(cache) and not any(s["cache_hit"] for s in prov["steps"] if s["id"] != "data")
+
+
+def test_new_patients_run_and_a_shifted_cohort_is_warned(headline, tmp_path):
+    new = tmp_path / "new.yaml"
+    new.write_text("uses: synthetic_smears\nwith: {classes: [AML, NORMAL], patients_per_class: 6, "
+                   "images_per_patient: 2, image_size: 128, seed: 5}\n")
+    assert main(["predict", str(headline / "model.hfb"), str(new), "--out", str(tmp_path / "new")]) == 0
+    p_new = pd.read_csv(tmp_path / "new" / "predictions.csv")
+    assert len(p_new) == 12 and np.allclose(p_new[["prob_AML", "prob_NORMAL"]].sum(axis=1), 1.0)
+    assert not p_new["ood_warning"].any()
+    # the same new patients, scanned darker (every channel x 0.6): Macenko does not undo it
+    shifted = write_manifest(data_images(tmp_path / "new"), tmp_path / "dark",
+                             transform=lambda im: (im * 0.6).astype(np.uint8))
+    assert main(["predict", str(headline / "model.hfb"), str(shifted), "--out", str(tmp_path / "dark-run")]) == 0
+    p_dark = pd.read_csv(tmp_path / "dark-run" / "predictions.csv")
+    assert p_dark["ood_warning"].sum() >= 6 and p_dark["ood_score"].median() > 2 * p_new["ood_score"].median()
+    prov = json.loads((tmp_path / "dark-run" / "provenance.json").read_text())
+    warned = [w for s in prov["steps"] for w in s["warnings"] if "out of distribution" in w]
+    assert len(warned) == p_dark["ood_warning"].sum()
+    assert "patients above the threshold" in (tmp_path / "dark-run" / "report.html").read_text()
+
+
+def test_zip_bundle_and_the_checks(headline, tmp_path, capsys):
+    run = headline / "run"
+    with cache_env(headline / "cache"):
+        assert main(["export", str(run), "--out", str(tmp_path / "m.zip"), "--fold", "0"]) == 0
+    pats = test_patients(run, 0)
+    data = write_manifest(data_images(run), tmp_path / "f0", set(pats))
+    assert main(["predict", str(tmp_path / "m.zip"), str(data), "--out", str(tmp_path / "z")]) == 0
+    got = pd.read_csv(tmp_path / "z" / "predictions.csv").set_index("id").loc[pats, "prob_AML"]
+    want = pd.read_csv(run / "predictions.csv").set_index("id").loc[pats, "prob_AML"]
+    assert np.abs(got.to_numpy() - want.to_numpy()).max() < 1e-6
+    capsys.readouterr()
+
+    bad = tmp_path / "other-version.hfb"
+    shutil.copytree(headline / "model.hfb", bad)
+    info = json.loads((bad / "bundle.json").read_text())
+    info["hemaflow"] = "9.4.0"
+    (bad / "bundle.json").write_text(json.dumps(info))
+    assert main(["predict", str(bad), str(data), "--out", str(tmp_path / "v")]) == 3
+    err = capsys.readouterr().err
+    assert "the bundle was written by hemaflow 9.4.0, this is hemaflow" in err and "Traceback" not in err
+
+    gone = tmp_path / "missing.hfb"
+    shutil.copytree(headline / "model.hfb", gone)
+    (gone / "parts/mil/net.safetensors").unlink()
+    assert main(["predict", str(gone), str(data), "--out", str(tmp_path / "m")]) == 3
+    assert "missing part parts/mil/net.safetensors (listed in bundle.json)" in capsys.readouterr().err
+
+    big = write_manifest(data_images(run), tmp_path / "big", set(pats),
+                         transform=lambda im: np.kron(im, np.ones((2, 2, 1), np.uint8))[:192, :192])
+    assert main(["predict", str(headline / "model.hfb"), str(big), "--out", str(tmp_path / "b")]) == 3
+    assert "the new images are 192x192 px (median), the bundle expects fields of 128x128 px" in capsys.readouterr().err
+
+    assert main(["export", str(run), "--out", str(tmp_path / "x.hfb"), "--fold", "7"]) == 2
+    assert "--fold 7: the run's MIL step trained folds [0, 1, 2]" in capsys.readouterr().err
+
+
+# -- the classical baseline on a per-cell export --------------------------------------------------
+def write_cell_export(root: Path, seed: int, shift=None) -> pd.DataFrame:
+    """<root>/<patient>/<cell>.png, 8 patients, 4 crops each: AML cells larger than NORMAL cells."""
+    from hemaflow.plugins import io
+    from tests.plugins.seg_fixtures import field
+
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(8):
+        pid, label = f"Q{seed}{i:02d}", ("AML", "NORMAL")[i % 2]
+        (root / pid).mkdir(parents=True, exist_ok=True)
+        for k in range(4):
+            r = int(rng.integers(14, 19) if label == "AML" else rng.integers(10, 15))
+            crop, _ = field(size=(64, 64), wbcs=((32, 32, r),), rbcs=((8, 56, 6),), seed=seed * 100 + 4 * i + k)
+            if shift is not None:
+                crop = shift(crop)
+            io.write_png(root / pid / f"c{k}.png", crop)
+        rows.append({"patient": pid, "diagnosis": label})
+    return pd.DataFrame(rows)
+
+
+def test_cell_export_baseline_bundle(tmp_path):
+    root = tmp_path / "export"
+    labels = write_cell_export(root, 1)
+    labels.to_csv(tmp_path / "labels.csv", index=False)
+    args = ["--set", f"steps.data.with.root={root}", "--set", f"steps.data.with.labels={tmp_path / 'labels.csv'}",
+            "--set", "steps.split.with.k=2", "--set", "steps.cells.with.crop_size=48", "--executor", "serial"]
+    run = tmp_path / "run"
+    assert main(["run", str(RECIPES / "mil_cell_export_baseline.yaml"), "--out", str(run), *args]) == 0
+    assert main(["export", str(run), "--out", str(tmp_path / "base.hfb"), "--fold", "0"]) == 0
+    info = json.loads((tmp_path / "base.hfb" / "bundle.json").read_text())
+    assert info["parts"]["mil"]["kind"] == "pooled_baseline" and set(info["parts"]) == {"mil"}
+    # fold 0's test patients as a plain folder of patients, no labels: the `predict` shortcut
+    pats = test_patients(run, 0)
+    new = tmp_path / "new"
+    for q in pats:
+        shutil.copytree(root / q, new / q)
+    r = fresh_predict(tmp_path / "base.hfb", new, tmp_path / "pred", tmp_path / "empty-cache")
+    assert r.returncode == 0, r.stderr
+    got = pd.read_csv(tmp_path / "pred" / "predictions.csv").set_index("id")
+    want = pd.read_csv(run / "predictions.csv").set_index("id").loc[pats]
+    assert np.abs(got.loc[pats, "prob_AML"].to_numpy() - want["prob_AML"].to_numpy()).max() < 1e-6
+    assert got["y_true"].isna().all() and not got["ood_warning"].any()
+    # another lab's stain (no normalizer in this recipe): every patient warned
+    write_cell_export(tmp_path / "lab2", 2, shift=lambda im: np.clip(im * np.array([0.7, 1.0, 1.2]), 0, 255)
+                      .astype(np.uint8))
+    assert main(["predict", str(tmp_path / "base.hfb"), str(tmp_path / "lab2"), "--out", str(tmp_path / "p2")]) == 0
+    assert pd.read_csv(tmp_path / "p2" / "predictions.csv")["ood_warning"].all()
+
+
+def test_apply_bundle_passes_the_conformance_kit():
+    from hemaflow.plugins.mil.apply import ApplyBundle, kit_params
+    from hemaflow.testing import check_component
+
+    check_component(ApplyBundle, params=kit_params, inputs={"embeddings": None, "cells": None})
