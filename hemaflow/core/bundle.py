@@ -308,7 +308,7 @@ def export_bundle(run_dir: Path, out: Path, fold: int | None = None) -> Path:
         info = {"format": FORMAT, "format_version": FORMAT_VERSION, "hemaflow": hemaflow.__version__,
                 "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "source_run": str(run_dir.resolve()), "recipe": resolved.name, "fold": fold,
-                "refit": "none: the fold's own fitted parts (a refit on all patients is not implemented)",
+                "refit": "not implemented (the bundle carries the fold's own fitted parts)",
                 "classes": mil_part["classes"], "decision_rule": mil_part["decision_rule"],
                 "mil_step": mil_id, "components": components, "versions": prov.get("versions", {}),
                 "training_data": {"step": data_id, "component": specs[data_id].uses,
@@ -360,9 +360,9 @@ def model_card(info: dict[str, Any], metrics: dict[str, Any], mil: dict[str, Any
              f"- MIL step `{info['mil_step']}`: `{mil['component']}` (version {mil['version']}); classes, in order: "
              f"{', '.join(mil['classes'])}; decision: {mil['decision_rule']}.",
              f"- Fitted parts of fold {info['fold']} only (trained on that fold's training patients, early stopping "
-             f"on its validation patients). {info['refit']}.",
-             "- Inference path: " + " -> ".join(f"{k} ({v['component']})" for k, v in info["components"].items()
-                                                if k != info.get("split")), "",
+             f"on its validation patients); a refit on all patients: {info['refit']}.",
+             "- Steps of the training run on the inference path (the splitter is dropped when applied): "
+             + " -> ".join(f"{k} ({v['component']} v{v['version']})" for k, v in info["components"].items()), "",
              "## Training data", "",
              f"- `{td['component']}` with {json.dumps(td['params'], default=str)}",
              f"- data fingerprint (input data hash): `{td['input_data_hash']}`; data step cache key `{td['cache_key']}`",
@@ -385,7 +385,8 @@ def model_card(info: dict[str, Any], metrics: dict[str, Any], mil: dict[str, Any
         per = coh["per_cohort"]
         items = per.items() if isinstance(per, dict) else [(r.get("cohort"), r) for r in per]
         for name, r in items:
-            lines.append(f"| {name} | {r.get('accuracy', 'n/a')} | {r.get('auroc', 'n/a')} | {r.get('n', 'n/a')} |")
+            f3 = [f"{r[k]:.3f}" if isinstance(r.get(k), float) else str(r.get(k, "n/a")) for k in ("accuracy", "auroc")]
+            lines.append(f"| {name} | {f3[0]} | {f3[1]} | {r.get('n', 'n/a')} |")
         lines.append("")
     ood = mil.get("ood", {})
     lines += ["## Intended use", "",

@@ -29,7 +29,8 @@ import numpy as np
 import pandas as pd
 
 from hemaflow.core.artifacts import Metrics, Predictions, TableArtifact
-from hemaflow.core.component import Component, RunContext
+from hemaflow.core.bases import MILModel
+from hemaflow.core.component import RunContext
 from hemaflow.core.errors import DataError
 from hemaflow.core.markers import hookimpl
 from hemaflow.plugins.mil.bags import _by_cell, _feature_columns, apply_scaler, build_instances, make_bags
@@ -190,7 +191,7 @@ def export_encoder(comp: Any, outputs: dict[str, Any], fold: int, dest: Path) ->
 
 
 # -- apply ----------------------------------------------------------------------------------------
-class ApplyBundle(Component):
+class ApplyBundle(MILModel):
     """Apply a bundle's MIL model (fold ``k`` of a finished run) to new patients; nothing is refitted.
 
     Every patient of the instance inputs is predicted with the stored scaler, PCA and network
@@ -199,7 +200,6 @@ class ApplyBundle(Component):
     far from the training patients' (score above the bundle's threshold) is a recorded warning.
     """
 
-    kind = "mil"
     name = "apply_bundle"
     version = "1"
     schema = {
