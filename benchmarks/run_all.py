@@ -235,7 +235,7 @@ def run_executors(p: dict[str, Any]) -> dict[str, Any]:
         with mp.get_context("fork").Pool(workers) as pl:
             return pl.map(_classical_one, items)
 
-    dask = DaskExecutor(workers=workers, chunksize=0, address=None, timeout=60)
+    dask = DaskExecutor(workers=workers, chunksize=0, address=None, connect_timeout=60)
     for rnd in range(p["rounds"]):  # interleaved rounds, best of each (a shared machine)
         for name, fn in (("serial", lambda: SerialExecutor().map(_classical_one, items)),
                          ("processes", lambda: ProcessExecutor(workers=workers, chunksize=1,

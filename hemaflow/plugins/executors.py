@@ -272,8 +272,8 @@ class DaskExecutor(Executor):
                         "description": "worker processes of the local cluster; 0 means one per CPU"},
             "chunksize": {"type": "integer", "minimum": 0, "default": 0,
                           "description": "items per task; 0 chooses about four tasks per worker"},
-            "timeout": {"type": "number", "exclusiveMinimum": 0, "default": 30,
-                        "description": "seconds to wait for the scheduler to answer"},
+            "connect_timeout": {"type": "number", "exclusiveMinimum": 0, "default": 30,
+                                "description": "seconds to wait for the scheduler to answer"},
         },
         "additionalProperties": False,
     }
@@ -294,7 +294,7 @@ class DaskExecutor(Executor):
         from distributed import Client, LocalCluster
 
         address = self.params.get("address")
-        timeout = f"{self.params.get('timeout', 30)}s"
+        timeout = f"{self.params.get('connect_timeout', 30)}s"
         if address:
             try:
                 self._client = Client(address, timeout=timeout, set_as_default=False)

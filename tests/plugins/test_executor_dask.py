@@ -43,7 +43,7 @@ def die_on(item: tuple[int, str]) -> int:
 @pytest.fixture(scope="module")
 def dask_executor():
     """One local cluster of two workers for the map tests (starting one costs seconds)."""
-    ex = DaskExecutor(workers=2, chunksize=0, address=None, timeout=30)
+    ex = DaskExecutor(workers=2, chunksize=0, address=None, connect_timeout=30)
     with deadline(60):
         ex.client()
     yield ex
@@ -84,7 +84,7 @@ def test_a_dead_worker_is_retried_once_then_the_item_is_named(dask_executor, tmp
 def test_an_unreachable_scheduler_is_one_clear_error():
     from hemaflow.core.errors import HemaflowError
 
-    ex = DaskExecutor(address="tcp://127.0.0.1:9", chunksize=0, workers=0, timeout=1)
+    ex = DaskExecutor(address="tcp://127.0.0.1:9", chunksize=0, workers=0, connect_timeout=1)
     with deadline(30), pytest.raises(HemaflowError, match=r"^dask executor: cannot reach the scheduler at tcp://127.0.0.1:9"):
         ex.map(square, range(3))
 
