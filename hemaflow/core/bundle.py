@@ -49,6 +49,10 @@ STATELESS_KINDS = ("segmenter", "postprocessor", "cells", "features")
 STAIN = ("macenko", "reinhard")
 
 
+class BundleVersionWarning(UserWarning):
+    """A bundle of another hemaflow major.minor, loaded with ``version_policy="warn"``."""
+
+
 @dataclass
 class Bundle:
     """A loaded, checked bundle: its folder and ``bundle.json``."""
@@ -110,8 +114,9 @@ def load_bundle(path: Path, *, version_policy: str = "error") -> Bundle:
                f"in major.minor may compute other features; use hemaflow {'.'.join(_minor(made))}.x or export the "
                f"run again")
         if version_policy == "error":
-            raise DataError(meta, msg)
-        warnings.warn(msg, stacklevel=2)
+            raise DataError(meta, msg + " (or accept it: --version-policy warn)")
+        info["version_warning"] = msg
+        warnings.warn(msg, BundleVersionWarning, stacklevel=2)
     for rel, digest in sorted(info.get("files", {}).items()):
         f = path / rel
         if not f.is_file():
@@ -121,7 +126,7 @@ def load_bundle(path: Path, *, version_policy: str = "error") -> Bundle:
     return Bundle(path, info)
 
 
-def open_bundle(path: Path, workdir: Path) -> Bundle:
+def open_bundle(path: Path, workdir: Path, *, version_policy: str = "error") -> Bundle:
     """:func:`load_bundle` for a folder, or a ``.zip`` unpacked into ``workdir`` first."""
     path = Path(path).expanduser()
     if path.is_file() and zipfile.is_zipfile(path):
@@ -133,10 +138,10 @@ def open_bundle(path: Path, workdir: Path) -> Bundle:
                 if name.startswith("/") or ".." in Path(name).parts:
                     raise DataError(path, f"unsafe path in the zip: {name}")
             z.extractall(dest)
-        return load_bundle(dest)
+        return load_bundle(dest, version_policy=version_policy)
     if not path.exists():
         raise DataError(path, "bundle not found")
-    return load_bundle(path)
+    return load_bundle(path, version_policy=version_policy)
 
 
 # -- export ---------------------------------------------------------------------------------------
@@ -428,12 +433,14 @@ def data_step(data: str | Path) -> dict[str, Any]:
     raise UsageError(f"{p}: not a folder of patients nor a data step YAML file")
 
 
-def apply_recipe(bundle: Bundle, data: dict[str, Any]) -> dict[str, Any]:
+def apply_recipe(bundle: Bundle, data: dict[str, Any], *, version_policy: str = "error") -> dict[str, Any]:
     """The recipe that runs the bundle's inference path on ``data`` (a data step)."""
     r = bundle.recipe
     steps = {r["data_step"]: {"uses": data["uses"], "with": data.get("with", {})}}
     for sid, spec in r["steps"].items():
         steps[sid] = _substitute(spec, bundle.root.resolve())
+        if spec.get("uses") == "apply_bundle" and version_policy != "error":
+            steps[sid]["with"]["version_policy"] = version_policy
     return {"name": r["name"], "description": f"apply the bundle {bundle.root.name} (fold {bundle.info['fold']})",
             "seed": r["seed"], "device": r["device"], "executor": {"uses": "serial"}, "steps": steps,
             "report": r["report"]}
@@ -456,7 +463,7 @@ def _check_images(bundle: Bundle, images: Any) -> None:
 
 
 def predict(bundle_path: Path, data: str | Path | dict[str, Any], out: Path, *, use_cache: bool = True,
-            console: Any = None) -> Any:
+            console: Any = None, version_policy: str = "error") -> Any:
     """Run a bundle's inference path on new data; return the :class:`RunOutcome`.
 
     ``data``: a folder of patients, a data step YAML file, or a data step dict.
@@ -470,7 +477,11 @@ def predict(bundle_path: Path, data: str | Path | dict[str, Any], out: Path, *, 
     out.mkdir(parents=True, exist_ok=True)
     work = out / ".bundle"
     work.mkdir(exist_ok=True)
-    bundle = open_bundle(Path(bundle_path), work)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BundleVersionWarning)  # recorded by the apply step instead
+        bundle = open_bundle(Path(bundle_path), work, version_policy=version_policy)
     step = data if isinstance(data, dict) else data_step(data)
     if step["uses"] == "patient_folders" and not step["with"].get("labels"):
         root = Path(step["with"]["root"])
@@ -480,7 +491,7 @@ def predict(bundle_path: Path, data: str | Path | dict[str, Any], out: Path, *, 
             pats = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
             pd.DataFrame({"patient": pats, "diagnosis": "unknown"}).to_csv(work / "labels.csv", index=False)
             step["with"]["labels"] = str(work / "labels.csv")
-    recipe = apply_recipe(bundle, step)
+    recipe = apply_recipe(bundle, step, version_policy=version_policy)
     rpath = work / "apply.recipe.yaml"
     rpath.write_text(yaml.safe_dump(recipe, sort_keys=False))
     resolved = resolve(load_recipe(rpath), get_registry())
@@ -502,7 +513,8 @@ def cmd_export(args: Any) -> int:
 def cmd_predict(args: Any) -> int:
     from hemaflow.core.cli import _console
 
-    outcome = predict(Path(args.bundle), args.data, Path(args.out), use_cache=not args.no_cache, console=_console())
+    outcome = predict(Path(args.bundle), args.data, Path(args.out), use_cache=not args.no_cache, console=_console(),
+                      version_policy=args.version_policy)
     flagged = []
     for res in outcome.steps:
         for art in res.outputs.values():
@@ -525,4 +537,7 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("data", metavar="DATA", help="<DATA>/<patient>/<images> (labels.csv optional), or a YAML data step")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory for predictions.csv and report.html")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the shared step cache")
+    p.add_argument("--version-policy", choices=("error", "warn"), default="error",
+                   help="a bundle of another hemaflow major.minor: refuse it (default) or apply it with a "
+                        "recorded warning")
     p.set_defaults(func=cmd_predict)

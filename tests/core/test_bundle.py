@@ -184,6 +184,10 @@ def test_zip_bundle_and_the_checks(headline, tmp_path, capsys):
     assert main(["predict", str(bad), str(data), "--out", str(tmp_path / "v")]) == 3
     err = capsys.readouterr().err
     assert "the bundle was written by hemaflow 9.4.0, this is hemaflow" in err and "Traceback" not in err
+    assert main(["predict", str(bad), str(data), "--out", str(tmp_path / "vw"), "--version-policy", "warn"]) == 0
+    prov = json.loads((tmp_path / "vw" / "provenance.json").read_text())
+    assert any("written by hemaflow 9.4.0" in w for s in prov["steps"] for w in s["warnings"])
+    capsys.readouterr()
 
     gone = tmp_path / "missing.hfb"
     shutil.copytree(headline / "model.hfb", gone)
@@ -198,6 +202,13 @@ def test_zip_bundle_and_the_checks(headline, tmp_path, capsys):
 
     assert main(["export", str(run), "--out", str(tmp_path / "x.hfb"), "--fold", "7"]) == 2
     assert "--fold 7: the run's MIL step trained folds [0, 1, 2]" in capsys.readouterr().err
+    elsewhere = tmp_path / "run-elsewhere"
+    shutil.copytree(run, elsewhere)
+    prov = json.loads((elsewhere / "provenance.json").read_text())
+    prov["cache"] = str(tmp_path / "no-cache-here")
+    (elsewhere / "provenance.json").write_text(json.dumps(prov))
+    assert main(["export", str(elsewhere), "--out", str(tmp_path / "y.hfb")]) == 3
+    assert "the cache entry of step 'mil'" in capsys.readouterr().err
 
 
 # -- the classical baseline on a per-cell export --------------------------------------------------
@@ -221,7 +232,7 @@ def write_cell_export(root: Path, seed: int, shift=None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def test_cell_export_baseline_bundle(tmp_path):
+def test_cell_export_baseline_bundle(tmp_path, capsys):
     root = tmp_path / "export"
     labels = write_cell_export(root, 1)
     labels.to_csv(tmp_path / "labels.csv", index=False)
@@ -248,6 +259,11 @@ def test_cell_export_baseline_bundle(tmp_path):
                       .astype(np.uint8))
     assert main(["predict", str(tmp_path / "base.hfb"), str(tmp_path / "lab2"), "--out", str(tmp_path / "p2")]) == 0
     assert pd.read_csv(tmp_path / "p2" / "predictions.csv")["ood_warning"].all()
+    # a random forest cannot travel without pickles: the export says so
+    assert main(["run", str(RECIPES / "mil_cell_export_baseline.yaml"), "--out", str(tmp_path / "rf"), *args,
+                 "--set", "steps.mil.with.model=random_forest", "--set", "steps.mil.with.n_estimators=5"]) == 0
+    assert main(["export", str(tmp_path / "rf"), "--out", str(tmp_path / "rf.hfb")]) == 3
+    assert "a random_forest baseline cannot be exported without pickles" in capsys.readouterr().err
 
 
 def test_apply_bundle_passes_the_conformance_kit():

@@ -211,6 +211,9 @@ class ApplyBundle(MILModel):
             "ood_threshold": {"type": ["number", "null"], "minimum": 0, "default": None,
                               "description": "warn above this OOD score; null: the bundle's (1.25 x the largest "
                                              "training patient's score)"},
+            "version_policy": {"enum": ["error", "warn"], "default": "error",
+                               "description": "a bundle of another hemaflow major.minor: refuse it, or apply it with "
+                                              "a recorded warning"},
             "top_k": {"type": "integer", "minimum": 1, "default": 5, "description": "cells per patient in the gallery"},
             "gallery_patients": {"type": "integer", "minimum": 0, "default": 6,
                                  "description": "patients shown with their top-attention cells in the report"},
@@ -241,9 +244,15 @@ class ApplyBundle(MILModel):
             torch.set_num_threads(threads)
 
     def _run(self, ctx: RunContext, embeddings, features, cells) -> dict[str, Any]:
-        from hemaflow.core.bundle import load_bundle
+        import warnings
 
-        b = load_bundle(Path(self.params["bundle"]).expanduser())
+        from hemaflow.core.bundle import BundleVersionWarning, load_bundle
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", BundleVersionWarning)
+            b = load_bundle(Path(self.params["bundle"]).expanduser(), version_policy=self.params["version_policy"])
+        if b.info.get("version_warning"):
+            ctx.warn(b.info["version_warning"])
         part = b.part(self.params["step"])
         pdir = b.root / "parts" / self.params["step"]
         from safetensors.numpy import load_file
