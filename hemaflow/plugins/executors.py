@@ -37,6 +37,22 @@ _DONE: Any = None
 _STARTED_AT: Any = None  # when item i started (time.time()), for the per-item timeout
 
 
+def _exit_with_parent(poll: float = 1.0) -> None:
+    """End this worker within ``poll`` seconds once the process that started it is gone: a run
+    killed with SIGKILL cannot stop its pool, and its workers would otherwise wait on the task
+    queue forever, holding their memory. (A thread watching the parent pid: portable, and
+    unlike PR_SET_PDEATHSIG not tied to the thread that happened to start the worker.)"""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll)
+            if os.getppid() != parent:
+                os._exit(1)
+
+    threading.Thread(target=watch, name="hemaflow-parent-watch", daemon=True).start()
+
+
 def _worker_init(started: Any = None, done: Any = None, started_at: Any = None) -> None:
     """Keep each worker single-threaded inside: a forked child inheriting torch's (or BLAS's)
     thread pools from a parent that already used them can deadlock, and two workers on two
@@ -45,6 +61,7 @@ def _worker_init(started: Any = None, done: Any = None, started_at: Any = None) 
 
     global _STARTED, _DONE, _STARTED_AT
     _STARTED, _DONE, _STARTED_AT = started, done, started_at
+    _exit_with_parent()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)

@@ -5,7 +5,8 @@ real SIGKILL at a chosen point: before the k-th step is committed to the cache (
 finished steps), inside the commit (the entry's ``step.json`` written, the rename into
 ``steps/`` not done), and while the run directory's files are replaced (``metrics.json``,
 ``report.html``, the final ``provenance.json``: the temporary file is complete, the rename is
-not done). After each kill the run directory says the run did not finish, the cache holds only
+not done), and while the ``processes`` executor's workers run (they must end with their run,
+not wait on its task queue forever). After each kill the run directory says the run did not finish, the cache holds only
 sound entries (``hemaflow cache verify`` exits 0), a rerun into the same ``--out`` reuses every
 committed step, cleans the leftovers, and gives exactly the metrics of an uninterrupted run in
 another cache.
@@ -18,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -31,7 +33,8 @@ STEPS = ["data", "segment", "evaluate"]
 # is called the N-th time, before it runs), "rename:N" (kill at the N-th rename of a work folder
 # into steps/, after step.json is written) or "replace:NAME[:AFTER]" (kill when a finished
 # temporary file is about to replace NAME in the run directory, the first time after AFTER was
-# replaced there, if given).
+# replaced there, if given) or "pool" (kill while the processes executor's workers run; their
+# pids go to the file HEMAFLOW_TEST_PIDS).
 WRAPPER = r"""
 import os, signal, sys
 from pathlib import Path
@@ -78,6 +81,14 @@ elif how == "replace":
             seen.add(dst_name)
         return real_replace(src, dst, *a, **k)
     os.replace = replace
+elif how == "pool":
+    from concurrent.futures import ProcessPoolExecutor
+    real_map = ProcessPoolExecutor.map
+    def pool_map(self, *a, **k):
+        results = real_map(self, *a, **k)  # every worker started, tasks queued
+        Path(os.environ["HEMAFLOW_TEST_PIDS"]).write_text(" ".join(map(str, self._processes)))
+        die()
+    ProcessPoolExecutor.map = pool_map
 else:
     raise SystemExit(f"unknown kill point {how!r}")
 
@@ -95,11 +106,20 @@ POINTS = {
     "writing-the-report": ("replace:report.html", 3, {"metrics.json", "predictions.csv"}),
     "writing-the-final-provenance": ("replace:provenance.json:report.html", 3,
                                      {"metrics.json", "predictions.csv", "report.html"}),
+    "while-worker-processes-run": ("pool", 0, set()),
 }
 
 
 def provenance(run_dir: Path) -> dict:
     return json.loads((run_dir / "provenance.json").read_text())
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie waiting for its reaper does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def cached_steps(cache: Path) -> int:
@@ -123,10 +143,24 @@ def clean_metrics(tmp_path_factory) -> dict:
 def test_sigkill_then_rerun_gives_identical_metrics(point, clean_metrics, tmp_path, monkeypatch, capsys):
     kill_at, committed, written = POINTS[point]
     cache, out = tmp_path / "cache", tmp_path / "out"
-    env = dict(os.environ, HEMAFLOW_CACHE_DIR=str(cache), HEMAFLOW_TEST_KILL_AT=kill_at)
-    proc = subprocess.run([sys.executable, "-c", WRAPPER, "run", str(RECIPE), "--out", str(out)],
-                          env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == -signal.SIGKILL, (proc.returncode, proc.stderr[-2000:])
+    pids = tmp_path / "pids"
+    env = dict(os.environ, HEMAFLOW_CACHE_DIR=str(cache), HEMAFLOW_TEST_KILL_AT=kill_at, HEMAFLOW_TEST_PIDS=str(pids))
+    pool = ["--set", "executor={uses: processes, with: {workers: 2}}"] if kill_at == "pool" else []
+    log = tmp_path / "killed.log"
+    with log.open("w") as fh:  # a file, not a pipe: a leftover worker holding a pipe would stall the test
+        proc = subprocess.run([sys.executable, "-c", WRAPPER, "run", str(RECIPE), "--out", str(out), *pool],
+                              env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, (proc.returncode, log.read_text()[-2000:])
+    if kill_at == "pool":  # the killed run's workers do not wait on its task queue forever
+        workers = [int(p) for p in pids.read_text().split()]
+        assert len(workers) == 2
+        t0 = time.time()
+        while any(alive(p) for p in workers) and time.time() - t0 < 20:
+            time.sleep(0.1)
+        left = [p for p in workers if alive(p)]
+        for p in left:  # never leave them behind, even when the test fails
+            os.kill(p, signal.SIGKILL)
+        assert not left, "the killed run's worker processes are still running"
 
     # the killed run directory says the run did not finish
     prov = provenance(out)
