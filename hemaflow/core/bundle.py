@@ -203,7 +203,7 @@ def export_bundle(run_dir: Path, out: Path, fold: int | None = None) -> Path:
             cannot carry (named), a fold the run did not train.
     """
     import hemaflow
-    from hemaflow.core.cache import StepCache, default_cache_dir
+    from hemaflow.core.cache import EntryDamaged, StepCache, default_cache_dir
     from hemaflow.plugins.mil.apply import ENCODER_TRAIN_ONLY, export_encoder, export_mil
 
     run_dir, out = Path(run_dir), Path(out)
@@ -223,10 +223,16 @@ def export_bundle(run_dir: Path, out: Path, fold: int | None = None) -> Path:
     def outputs(step: str) -> dict[str, Any]:
         if step not in loaded:
             key = keys.get(step)
-            if not key or cache.lookup(key) is None:
+            try:
+                found = bool(key) and cache.lookup(key) is not None
+                if found:
+                    loaded[step] = {n: reg.artifact_type(t).load(p) for n, (t, p) in cache.outputs(key).items()}
+            except (EntryDamaged, OSError, ValueError) as exc:
+                raise DataError(cache.root, f"the cache entry of step {step!r} ({key[:12]}) is damaged ({exc}); "
+                                            f"rerun the recipe, then export") from None
+            if not found:
                 raise DataError(cache.root, f"the cache entry of step {step!r} ({(key or '?')[:12]}) is gone (pruned, "
                                             f"or another cache); rerun the recipe, then export")
-            loaded[step] = {n: reg.artifact_type(t).load(p) for n, (t, p) in cache.outputs(key).items()}
         return loaded[step]
 
     mil_spec = specs[mil_id]

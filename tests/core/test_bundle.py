@@ -228,7 +228,7 @@ def write_cell_export(root: Path, seed: int, shift=None) -> pd.DataFrame:
             if shift is not None:
                 crop = shift(crop)
             io.write_png(root / pid / f"c{k}.png", crop)
-        rows.append({"patient": pid, "diagnosis": label})
+        rows.append({"patient": pid, "diagnosis": label, "cohort": "AB"[(i // 2) % 2]})
     return pd.DataFrame(rows)
 
 
@@ -243,6 +243,8 @@ def test_cell_export_baseline_bundle(tmp_path, capsys):
     assert main(["export", str(run), "--out", str(tmp_path / "base.hfb"), "--fold", "0"]) == 0
     info = json.loads((tmp_path / "base.hfb" / "bundle.json").read_text())
     assert info["parts"]["mil"]["kind"] == "pooled_baseline" and set(info["parts"]) == {"mil"}
+    card = (tmp_path / "base.hfb" / "model_card.md").read_text()
+    assert "## Per cohort" in card and "| A |" in card and "| B |" in card
     # fold 0's test patients as a plain folder of patients, no labels: the `predict` shortcut
     pats = test_patients(run, 0)
     new = tmp_path / "new"
