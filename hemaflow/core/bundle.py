@@ -98,7 +98,8 @@ def load_bundle(path: Path, *, version_policy: str = "error") -> Bundle:
     path = Path(path)
     meta = path / "bundle.json"
     if not path.is_dir() or not meta.is_file():
-        raise DataError(path, "not a hemaflow bundle (no bundle.json; write one with `hemaflow export RUN_DIR --out DIR`)")
+        raise DataError(path, "not a hemaflow bundle (no bundle.json; write one with "
+                              "`hemaflow export RUN_DIR --out DIR`)")
     try:
         info = json.loads(meta.read_text())
     except (OSError, ValueError) as exc:
@@ -157,7 +158,8 @@ def _run_steps(run_dir: Path) -> tuple[dict[str, Any], Any, dict[str, Any]]:
     if prov.get("status") != "ok":
         raise DataError(prov_path, f"the run did not finish (status {prov.get('status')!r}); export a finished run")
     resolved = resolve(load_recipe(run_dir / "recipe.resolved.yaml"), get_registry())
-    return prov, resolved, json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
+    mpath = run_dir / "metrics.json"
+    return prov, resolved, json.loads(mpath.read_text()) if mpath.exists() else {}
 
 
 def _ancestors(specs: dict[str, Any], target: str) -> list[str]:
@@ -308,6 +310,8 @@ def export_bundle(run_dir: Path, out: Path, fold: int | None = None) -> Path:
                                 f"yet; the inference path may hold stain normalizers, instance_encoder, stateless "
                                 f"segmentation/cells/features steps and one MIL step")
             steps[sid] = new
+            if spec.params.get("target_um_per_px") and spec.params.get("um_per_px") is None:
+                expects["target_um_per_px"] = spec.params["target_um_per_px"]
         if data_id is None:
             raise DataError(run_dir, "the MIL step does not descend from a data set step")
         recipe = {"name": f"{resolved.name}-bundle", "seed": resolved.data.get("seed", 0),
@@ -376,7 +380,8 @@ def model_card(info: dict[str, Any], metrics: dict[str, Any], mil: dict[str, Any
              + " -> ".join(f"{k} ({v['component']} v{v['version']})" for k, v in info["components"].items()), "",
              "## Training data", "",
              f"- `{td['component']}` with {json.dumps(td['params'], default=str)}",
-             f"- data fingerprint (input data hash): `{td['input_data_hash']}`; data step cache key `{td['cache_key']}`",
+             f"- data fingerprint (input data hash): `{td['input_data_hash']}`; data step cache key "
+             f"`{td['cache_key']}`",
              f"- expected images: {json.dumps(info['expects'])}", "",
              "## Metrics (the run's cross-validation, all folds; 95% bootstrap intervals over patients)", ""]
     pat = metrics.get("patient") or {}
@@ -455,6 +460,12 @@ def apply_recipe(bundle: Bundle, data: dict[str, Any], *, version_policy: str = 
 def _check_images(bundle: Bundle, images: Any) -> None:
     exp = bundle.info.get("expects") or {}
     got = _image_shape(images)
+    if exp.get("target_um_per_px"):
+        # the path resamples every crop to one physical scale: sizes may differ, the pixel size must be known
+        if not got.get("um_per_px"):
+            raise DataError(images.path, f"the bundle resamples cells to {exp['target_um_per_px']} um/px and needs "
+                                         f"the images' pixel size: give the data an um_per_px column")
+        return
     if not exp.get("width_px") or not got.get("width_px"):
         return
     for dim in ("width_px", "height_px"):
@@ -463,7 +474,8 @@ def _check_images(bundle: Bundle, images: Any) -> None:
                                          f"bundle expects fields of {exp['width_px']}x{exp['height_px']} px"
                                          + (f" at {exp['um_per_px']} um/px" if exp.get("um_per_px") else "")
                                          + ": bring the images to the training scale (same magnification and size)")
-    if exp.get("um_per_px") and got.get("um_per_px") and abs(got["um_per_px"] - exp["um_per_px"]) > 0.1 * exp["um_per_px"]:
+    um, um_new = exp.get("um_per_px"), got.get("um_per_px")
+    if um and um_new and abs(um_new - um) > 0.1 * um:
         raise DataError(images.path, f"the new images have {got['um_per_px']} um/px, the bundle expects "
                                      f"{exp['um_per_px']} um/px")
 

@@ -51,7 +51,8 @@ def aligned_blocks(inst_table: pd.DataFrame, sources: dict[str, Any], columns: d
     for name in columns:
         art = sources.get(name)
         if art is None:
-            raise DataError("<recipe>", f"the bundle's model reads `{name}` instances, but the step has no {name!r} input")
+            raise DataError("<recipe>", f"the bundle's model reads `{name}` instances, but the step has no "
+                                        f"{name!r} input")
         t = art.table
         if fold is not None and "fold" in t.columns and (t["fold"] >= 0).any():
             t = t[t["fold"] == fold]
@@ -262,7 +263,8 @@ class ApplyBundle(MILModel):
         src = _sources(embeddings, features)
         base = src.get("embeddings", src.get("features"))
         if base is None:
-            raise DataError("<recipe>", "apply_bundle needs the `embeddings` or `features` input the bundle's model reads")
+            raise DataError("<recipe>", "apply_bundle needs the `embeddings` or `features` input the bundle's "
+                                        "model reads")
         inst = build_instances(embeddings=src.get("embeddings"), features=src.get("features"), cells=cells)
         table = inst.table
         bags = make_bags(table)
@@ -380,7 +382,8 @@ class ApplyBundle(MILModel):
         crops = cells.crops
         for q in list(pred_df["id"])[:n_show]:
             g = att_df[att_df["patient_id"] == q].sort_values("rank").head(k)
-            images = [(f"#{int(r['rank'])} {r['score']:.3f} {r['image_id']}", png_bytes(np.asarray(crops[int(r["crop_index"])])))
+            images = [(f"#{int(r['rank'])} {r['score']:.3f} {r['image_id']}",
+                       png_bytes(np.asarray(crops[int(r["crop_index"])])))
                       for _, r in g.iterrows() if pd.notna(r.get("crop_index"))]
             if images:
                 y = pred_df.loc[pred_df["id"] == q, "y_pred"].iloc[0]
