@@ -34,7 +34,7 @@ from hemaflow.core.markers import hookimpl
 # started and never finished by a dead pid are the ones that were being processed.
 _STARTED: Any = None
 _DONE: Any = None
-_STARTED_AT: Any = None  # when item i started (time.time()), for the per-item timeout
+_STARTED_AT: Any = None  # when item i started (time.monotonic(): one clock for all processes of a machine)
 
 
 def _exit_with_parent(poll: float = 1.0) -> None:
@@ -76,7 +76,7 @@ class _Tracked:
     def __call__(self, pair: tuple[int, Any]) -> Any:
         i, item = pair
         if _STARTED_AT is not None:  # before the pid: a started item always has its time
-            _STARTED_AT[i] = time.time()
+            _STARTED_AT[i] = time.monotonic()
         if _STARTED is not None:
             _STARTED[i] = os.getpid()
         out = self.fn(item)
@@ -132,7 +132,7 @@ class _Watchdog(threading.Thread):
         while not self.finished.wait(poll):
             while first < n and self.done[first]:
                 first += 1
-            now = time.time()
+            now = time.monotonic()
             for i in range(first, n):
                 pid, t0 = self.started[i], self.started_at[i]
                 if pid and t0 and not self.done[i] and now - t0 > self.timeout:
