@@ -434,6 +434,7 @@ class Runner:
         except Exception as exc:  # a bug in hemaflow: the directory still says the run failed
             with contextlib.suppress(OSError):
                 self._write_provenance(run_dir, results, started, seconds, failure or exc)
+            self._drop_tmp_cache()
             raise
         if failure is not None:
             # best effort: on a full disk these fail too, and must not hide the first error
@@ -444,8 +445,14 @@ class Runner:
                     self._written.add("error.log")
             with contextlib.suppress(OSError):
                 self._write_provenance(run_dir, results, started, seconds, failure)
+            self._drop_tmp_cache()  # a failed --no-cache run leaves no temporary cache behind either
             raise failure
         return RunOutcome(run_dir, list(results.values()), metrics, seconds)
+
+    def _drop_tmp_cache(self) -> None:
+        """Remove the temporary cache of a ``--no-cache`` run (its entries are of no later use)."""
+        if self._tmp_cache is not None:
+            shutil.rmtree(self._tmp_cache, ignore_errors=True)
 
     def _write_provenance(self, run_dir: Path, results: dict[str, StepResult], started: dt.datetime,
                           seconds: float, failure: BaseException | None, status: str | None = None) -> dict[str, Any]:
@@ -587,8 +594,7 @@ class Runner:
                 raise
             except Exception as exc:
                 raise StepError(f"trackers.{tid}", tref["uses"], f"{type(exc).__name__}: {exc}") from exc
-        if self._tmp_cache is not None:
-            shutil.rmtree(self._tmp_cache, ignore_errors=True)
+        self._drop_tmp_cache()
         total_cached = sum(r.cached for r in results.values())
         self._print(f"[bold green]done[/bold green] in {seconds:.1f} s ({total_cached}/{len(results)} steps cached)"
                     f" -> {run_dir}")

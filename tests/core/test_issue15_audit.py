@@ -192,3 +192,27 @@ def test_macenko_flagged_images_are_shown_in_the_report(tmp_path):
     assert shown["caption"].startswith("im0: before | after; background moved away from white by delta E ")
     assert "im0" in warning or str(images.image_path("im0")) in warning
     assert (ctx.report.path / shown["file"]).is_file()
+
+
+# -- --no-cache leaves no temporary cache behind ------------------------------------------------------
+@pytest.mark.parametrize("fails", ["nothing", "a-step", "the-report"])
+def test_a_no_cache_run_removes_its_temporary_cache(fails, tmp_path, monkeypatch):
+    import tempfile
+
+    from hemaflow.plugins.report import HtmlReporter
+    from hemaflow.plugins.segment import ClassicalSegmenter
+
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp))
+
+    def boom(*a, **k):
+        raise RuntimeError("boom")
+
+    if fails == "a-step":
+        monkeypatch.setattr(ClassicalSegmenter, "run", boom)
+    if fails == "the-report":
+        monkeypatch.setattr(HtmlReporter, "render", boom)
+    code = main(["run", str(RECIPES / "tiny.yaml"), "--out", str(tmp_path / "out"), "--no-cache"])
+    assert code == (0 if fails == "nothing" else 3)
+    assert list(tmp.glob("hemaflow-nocache-*")) == []
