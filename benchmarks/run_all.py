@@ -388,7 +388,7 @@ def suite(args: argparse.Namespace) -> dict[str, Any]:
                 prov = json.loads((work / "run_cells" / "provenance.json").read_text())
                 key = {s["id"]: s for s in prov["steps"]}["cells"]["cache_key"]
                 cells_dir = work / "cache" / "steps" / key[:2] / key / "cells"
-            sizes = [1000, 5000, 20000] + ([] if quick else [100000])
+            sizes = args.cells or ([1000, 5000, 20000] + ([] if quick else [100000]))
             report["cells_rss"] = []
             for n in sizes:
                 print(f"== cell_features on {n} cells ...", flush=True)
@@ -397,7 +397,7 @@ def suite(args: argparse.Namespace) -> dict[str, Any]:
                 report["cells_rss"].append(section_process("cells_rss", {"cells": str(cells_dir), "n": n,
                                                                          "work": str(sub), "groups": groups}, env))
                 shutil.rmtree(sub, ignore_errors=True)
-            if quick:
+            if quick and not args.cells:
                 report["notes"].append("cells_rss in --quick: shape and colour features only (texture is most of "
                                        "the time); 100k cells not run (about 5x the 20k row): run without --quick")
     finally:
@@ -473,6 +473,8 @@ def main() -> None:
     ap.add_argument("--only", default="", help=f"comma-separated sections: {','.join(SECTIONS)}")
     ap.add_argument("--json", type=Path, default=Path("/tmp/hemaflow-bench.json"))
     ap.add_argument("--keep", action="store_true", help="keep the work folder (cache, runs)")
+    ap.add_argument("--cells", type=lambda v: [int(x) for x in v.split(",")], default=None,
+                    help="cells_rss: comma-separated cell counts (default 1000,5000,20000 and 100000 without --quick)")
     ap.add_argument("--section", help=argparse.SUPPRESS)
     ap.add_argument("--params", help=argparse.SUPPRESS)
     args = ap.parse_args()
