@@ -161,6 +161,9 @@ def test_new_patients_run_and_a_shifted_cohort_is_warned(headline, tmp_path):
     prov = json.loads((tmp_path / "dark-run" / "provenance.json").read_text())
     warned = [w for s in prov["steps"] for w in s["warnings"] if "out of distribution" in w]
     assert len(warned) == p_dark["ood_warning"].sum()
+    groups = {n: json.loads((tmp_path / n / "metrics.json").read_text())["bundle"] for n in ("new", "dark-run")}
+    assert groups["dark-run"]["cohort_shift"] and not groups["new"]["cohort_shift"]
+    assert any("as a group are far from the bundle's training cohort" in w for s in prov["steps"] for w in s["warnings"])
     assert "patients above the threshold" in (tmp_path / "dark-run" / "report.html").read_text()
 
 
@@ -261,6 +264,7 @@ def test_cell_export_baseline_bundle(tmp_path, capsys):
                       .astype(np.uint8))
     assert main(["predict", str(tmp_path / "base.hfb"), str(tmp_path / "lab2"), "--out", str(tmp_path / "p2")]) == 0
     assert pd.read_csv(tmp_path / "p2" / "predictions.csv")["ood_warning"].all()
+    assert json.loads((tmp_path / "p2" / "metrics.json").read_text())["bundle"]["cohort_shift"]
     # a random forest cannot travel without pickles: the export says so
     assert main(["run", str(RECIPES / "mil_cell_export_baseline.yaml"), "--out", str(tmp_path / "rf"), *args,
                  "--set", "steps.mil.with.model=random_forest", "--set", "steps.mil.with.n_estimators=5"]) == 0

@@ -39,6 +39,9 @@ from hemaflow.plugins.mil.bags import _by_cell, _feature_columns, apply_scaler, 
 ENCODER_TRAIN_ONLY = ("epochs", "lr", "max_cells", "temperature", "projection_dim")
 #: the OOD threshold is this factor times the largest score of a training-cohort patient
 OOD_FACTOR = 1.25
+#: a group of at least COHORT_MIN new patients whose median score is above COHORT_FACTOR times the
+#: training cohort's median is warned as a whole (a shift too small to flag single patients)
+COHORT_FACTOR, COHORT_MIN = 1.5, 5
 
 
 # -- the model input, shared by export and apply ------------------------------------------------
@@ -307,6 +310,13 @@ class ApplyBundle(MILModel):
                 if c in sub.columns:
                     att[c] = sub[c].to_numpy()
             att_rows.append(att)
+        ref_median = float(part["ood"]["reference_median"])
+        cohort_median = float(np.median(scores_ood))
+        cohort_shift = bool(len(patients) >= COHORT_MIN and cohort_median > COHORT_FACTOR * ref_median)
+        if cohort_shift:
+            ctx.warn(f"these {len(patients)} patients as a group are far from the bundle's training cohort: median "
+                     f"OOD score {cohort_median:.2f} > {COHORT_FACTOR} x the training cohort's median "
+                     f"{ref_median:.2f} (another stain, scanner or scale?); check before trusting the predictions")
         pred_df = pd.DataFrame(pred_rows)
         preds = Predictions(ctx.out_dir("predictions"), pred_df,
                             {"classes": classes, "source": self.name, "level": "patient"}).save()
@@ -316,9 +326,10 @@ class ApplyBundle(MILModel):
         att_df.to_csv(mdir / "attention.csv", index=False)
         m = {"bundle": {"fold": fold, "component": part["component"], "n_patients": len(patients),
                         "n_instances": int(len(table)), "ood_threshold": thr, "ood_flagged": flagged,
+                        "ood_median": cohort_median, "ood_reference_median": ref_median, "cohort_shift": cohort_shift,
                         "source_run": b.info.get("source_run")}}
         metrics = Metrics(mdir, m, {"exported_files": ["attention.csv"]}).save()
-        self._report(ctx, b, part, pred_df, att_df, cells, thr, flagged)
+        self._report(ctx, b, part, pred_df, att_df, cells, thr, flagged, cohort_shift)
         return {"predictions": preds, "attention": attention, "metrics": metrics}
 
     def _baseline(self, st, x, bags, patients, part, classes):
@@ -358,7 +369,7 @@ class ApplyBundle(MILModel):
             att[q] = s
         return np.stack(probs), att
 
-    def _report(self, ctx, b, part, pred_df, att_df, cells, thr, flagged) -> None:
+    def _report(self, ctx, b, part, pred_df, att_df, cells, thr, flagged, cohort_shift) -> None:
         section = "Bundle"
         ctx.report.text("Bundle", f"{b.root.name}: fold {part['fold']} of run {b.info.get('source_run')} "
                         f"({part['component']}, trained with hemaflow {b.info.get('hemaflow')}); "
@@ -373,7 +384,9 @@ class ApplyBundle(MILModel):
         ctx.report.text("Out-of-distribution check",
                         f"{head} (training cohort: {ood['n_reference_patients']} patients, median "
                         f"{ood['reference_median']:.2f}, max {ood['reference_max']:.2f}; these patients: median "
-                        f"{pred_df['ood_score'].median():.2f}). Score: {ood['score']}.", section=section)
+                        f"{pred_df['ood_score'].median():.2f}"
+                        + (f", above {COHORT_FACTOR} x the training median: the group is warned as shifted"
+                           if cohort_shift else "") + f"). Score: {ood['score']}.", section=section)
         n_show, k = int(self.params["gallery_patients"]), int(self.params["top_k"])
         if cells is None or n_show == 0 or "crop_index" not in att_df.columns:
             return
