@@ -292,6 +292,11 @@ def export_bundle(run_dir: Path, out: Path, fold: int | None = None) -> Path:
                 info_parts[sid] = export_mil(sid, comp, outputs(sid), ins, fold, dest)
                 new = {"uses": "apply_bundle", "inputs": inputs,
                        "with": {"bundle": BUNDLE_REF, "step": sid}}
+            elif (spec.kind in STATELESS_KINDS and "Model" in spec.cls.outputs.values()
+                  and not spec.params.get("weights")):
+                raise DataError(run_dir / "recipe.resolved.yaml",
+                                f"step {sid!r} ({spec.uses}) trains inside the recipe: a bundle cannot carry that yet; "
+                                f"train it once, save its weights and give them as `weights:` (inference only)")
             elif spec.kind in STATELESS_KINDS and not any(specs[s].kind == "splitter" for s, _ in spec.inputs.values()):
                 for ptr, f in comp.input_files().items():  # a weights or params file the step reads
                     f = Path(f)

@@ -277,3 +277,27 @@ def test_apply_bundle_passes_the_conformance_kit():
     from hemaflow.testing import check_component
 
     check_component(ApplyBundle, params=kit_params, inputs={"embeddings": None, "cells": None})
+
+
+def test_segmenter_weights_travel_in_the_bundle(tmp_path, monkeypatch):
+    """deeplabv3 with shipped weights: the weights file is copied into the bundle and read from there."""
+    from hemaflow.plugins.segment.learned import shipped_weights
+
+    small = [x for k, v in {**DATA, "patients_per_class": "3", "images_per_patient": "1"}.items()
+             for x in ("--set", f"steps.data.with.{k}={v}")] + TINY[8:]
+    seg = ["--set", "steps.segment.uses=deeplabv3", "--set", "steps.segment.with=!reset",
+           "--set", "steps.segment.with={weights: wbc-v1}"]
+    run = tmp_path / "run"
+    assert main(["run", str(RECIPES / "mil_multimodal.yaml"), "--out", str(run), *small, *seg]) == 0
+    assert main(["export", str(run), "--out", str(tmp_path / "m.hfb"), "--fold", "1"]) == 0
+    copied = tmp_path / "m.hfb" / "parts" / "segment" / "weights-wbc-v1.safetensors"
+    assert copied.read_bytes() == shipped_weights()["wbc-v1"].read_bytes()
+    steps = json.loads((tmp_path / "m.hfb" / "recipe.json").read_text())["steps"]
+    assert steps["segment"]["with"]["weights"] == "@bundle/parts/segment/weights-wbc-v1.safetensors"
+    pats = test_patients(run, 1)
+    data = write_manifest(data_images(run), tmp_path / "t", set(pats))
+    monkeypatch.setenv("HEMAFLOW_CACHE_DIR", str(tmp_path / "fresh-cache"))
+    assert main(["predict", str(tmp_path / "m.hfb"), str(data), "--out", str(tmp_path / "p")]) == 0
+    got = pd.read_csv(tmp_path / "p" / "predictions.csv").set_index("id").loc[pats, "prob_AML"]
+    want = pd.read_csv(run / "predictions.csv").set_index("id").loc[pats, "prob_AML"]
+    assert np.abs(got.to_numpy() - want.to_numpy()).max() < 1e-6
