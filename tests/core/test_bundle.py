@@ -301,3 +301,28 @@ def test_segmenter_weights_travel_in_the_bundle(tmp_path, monkeypatch):
     got = pd.read_csv(tmp_path / "p" / "predictions.csv").set_index("id").loc[pats, "prob_AML"]
     want = pd.read_csv(run / "predictions.csv").set_index("id").loc[pats, "prob_AML"]
     assert np.abs(got.to_numpy() - want.to_numpy()).max() < 1e-6
+
+
+def test_cell_export_mil_bundle(tmp_path):
+    """mil_cell_export.yaml (single_cells, radiomics, encoder, gated attention): fold 0 reproduced
+    in a fresh process from a plain folder of its test patients."""
+    root = tmp_path / "export"
+    write_cell_export(root, 1).to_csv(tmp_path / "labels.csv", index=False)
+    args = ["--set", f"steps.data.with.root={root}", "--set", f"steps.data.with.labels={tmp_path / 'labels.csv'}",
+            "--set", "steps.split.with.k=2", "--set", "steps.cells.with.crop_size=48",
+            "--set", "steps.radiomics.with.classes=[firstorder]", "--set", "steps.encoder.with.backbone=test_convnext",
+            "--set", "steps.encoder.with.image_size=32", "--set", "steps.encoder.with.epochs=1",
+            "--set", "steps.mil.with.epochs=2", "--executor", "serial"]
+    run = tmp_path / "run"
+    assert main(["run", str(RECIPES / "mil_cell_export.yaml"), "--out", str(run), *args]) == 0
+    assert main(["export", str(run), "--out", str(tmp_path / "m.hfb"), "--fold", "0"]) == 0
+    assert set(json.loads((tmp_path / "m.hfb" / "bundle.json").read_text())["parts"]) == {"encoder", "mil"}
+    pats = test_patients(run, 0)
+    for q in pats:
+        shutil.copytree(root / q, tmp_path / "new" / q)
+    r = fresh_predict(tmp_path / "m.hfb", tmp_path / "new", tmp_path / "pred", tmp_path / "empty-cache")
+    assert r.returncode == 0, r.stderr
+    got = pd.read_csv(tmp_path / "pred" / "predictions.csv").set_index("id").loc[pats]
+    want = pd.read_csv(run / "predictions.csv").set_index("id").loc[pats]
+    assert np.abs(got["prob_AML"].to_numpy() - want["prob_AML"].to_numpy()).max() < 1e-6
+    assert (got["y_pred"] == want["y_pred"]).all()
