@@ -58,6 +58,12 @@ def _trained_model(fx: Any) -> Any:
     return out["model"]
 
 
+def _kit_bundle(root: Path) -> dict[str, Any]:
+    from hemaflow.plugins.mil.apply import kit_params
+
+    return kit_params(root)
+
+
 # name -> (params or root -> params, inputs, reason the kit does not run it)
 SETTINGS: dict[str, tuple[Any, dict[str, Any] | None, str | None]] = {
     "synthetic_smears": ({"patients_per_class": 2, "images_per_patient": 1, "image_size": 64}, None, None),
@@ -90,6 +96,7 @@ SETTINGS: dict[str, tuple[Any, dict[str, Any] | None, str | None]] = {
     "max_mil": (dict(MIL), {"embeddings": None, "cells": None}, None),
     "majority_vote_mil": (dict(MIL), {"embeddings": None, "cells": None}, None),
     "pooled_baseline": ({}, {"embeddings": None, "cells": None}, None),
+    "apply_bundle": (_kit_bundle, {"embeddings": None, "cells": None}, None),
     "classification": ({"n_bootstrap": 20}, None, None),
     "cohort_shift": ({}, {"features": None}, None),
     "processes": ({"workers": 2}, None, None),

@@ -136,7 +136,7 @@ def test_registering_the_aggregators_does_not_import_torch():
             "reg = build_registry(make_plugin_manager(entry_points=False)); "
             "print(len(reg.components['mil']), 'torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.split() == ["7", "False"]
+    assert out.split() == ["8", "False"]  # six aggregators, pooled_baseline, apply_bundle
 
 
 def test_the_training_loop_never_branches_on_an_aggregator_name():
