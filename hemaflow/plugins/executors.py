@@ -37,12 +37,17 @@ _DONE: Any = None
 _STARTED_AT: Any = None  # when item i started (time.monotonic(): one clock for all processes of a machine)
 
 
-def _exit_with_parent(poll: float = 1.0) -> None:
+def _exit_with_parent(parent: int | None = None, poll: float = 1.0) -> None:
     """End this worker within ``poll`` seconds once the process that started it is gone: a run
     killed with SIGKILL cannot stop its pool, and its workers would otherwise wait on the task
     queue forever, holding their memory. (A thread watching the parent pid: portable, and
-    unlike PR_SET_PDEATHSIG not tied to the thread that happened to start the worker.)"""
-    parent = os.getppid()
+    unlike PR_SET_PDEATHSIG not tied to the thread that happened to start the worker.)
+    ``parent`` is the pid the pool was created in: a worker that starts after its run was already
+    killed (reparented before this ran) ends at once instead of taking its new parent for the run."""
+    if parent is None:
+        parent = os.getppid()
+    if os.getppid() != parent:
+        os._exit(1)
 
     def watch() -> None:
         while True:
@@ -53,7 +58,7 @@ def _exit_with_parent(poll: float = 1.0) -> None:
     threading.Thread(target=watch, name="hemaflow-parent-watch", daemon=True).start()
 
 
-def _worker_init(started: Any = None, done: Any = None, started_at: Any = None) -> None:
+def _worker_init(started: Any = None, done: Any = None, started_at: Any = None, parent: int | None = None) -> None:
     """Keep each worker single-threaded inside: a forked child inheriting torch's (or BLAS's)
     thread pools from a parent that already used them can deadlock, and two workers on two
     cores gain nothing from nested threads anyway."""
@@ -61,7 +66,7 @@ def _worker_init(started: Any = None, done: Any = None, started_at: Any = None) 
 
     global _STARTED, _DONE, _STARTED_AT
     _STARTED, _DONE, _STARTED_AT = started, done, started_at
-    _exit_with_parent()
+    _exit_with_parent(parent)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
@@ -193,7 +198,9 @@ class ProcessExecutor(Executor):
         done = ctx.Array("b", len(items), lock=False)
         started_at = ctx.Array("d", len(items), lock=False) if timeout else None
         pool = ProcessPoolExecutor(max(1, min(workers, len(items))), mp_context=ctx, initializer=_worker_init,
-                                   initargs=(started, done, started_at))
+                                   initargs=(started, done, started_at,
+                                             # a forkserver's workers are its children, not ours
+                                             None if ctx.get_start_method() == "forkserver" else os.getpid()))
         watchdog = _Watchdog(float(timeout), started, done, started_at, pool) if timeout else None
         out: list[Any] = []
         procs: dict[int, Any] = {}
