@@ -13,9 +13,7 @@ import errno
 import json
 import os
 import re
-import signal
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,23 +26,7 @@ from hemaflow.plugins.executors import ProcessExecutor, SerialExecutor
 RECIPES = Path(__file__).parent / "recipes"
 
 
-@contextmanager
-def deadline(seconds: int):
-    """Fail the test instead of hanging it (the bug these tests guard against is a hang)."""
-    def _timeout(signum, frame):
-        raise AssertionError(f"still running after {seconds} s: the executor hangs")
-
-    old = signal.signal(signal.SIGALRM, _timeout)
-    signal.alarm(seconds)
-    try:
-        yield
-    finally:
-        signal.alarm(0)
-        signal.signal(signal.SIGALRM, old)
-
-
-def square(x: int) -> int:
-    return x * x
+from tests.plugins.test_executors import deadline, square  # noqa: E402  (one hang guard for both files)
 
 
 def square_or_hang(x: int) -> int:
