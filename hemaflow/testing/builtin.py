@@ -13,6 +13,7 @@ from typing import Any, Callable
 import pandas as pd
 
 from hemaflow.core.component import Component
+from hemaflow.core.validate import module_available
 
 TRAIN = {"epochs": 1, "batch_size": 4, "patience": 0, "warmup_epochs": 0}
 MIL = {"epochs": 2, "batch_size": 2, "patience": 0, "hidden": 8, "gallery_patients": 0}
@@ -100,6 +101,8 @@ SETTINGS: dict[str, tuple[Any, dict[str, Any] | None, str | None]] = {
     "classification": ({"n_bootstrap": 20}, None, None),
     "cohort_shift": ({}, {"features": None}, None),
     "processes": ({"workers": 2}, None, None),
+    "mlflow": (None, None, None if module_available("mlflow") else
+               "needs MLflow, an optional dependency (pip install 'hemaflow[mlflow]'), which is not installed here"),
 }
 
 
