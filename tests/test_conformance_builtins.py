@@ -26,8 +26,11 @@ def test_builtin_conforms(check):
 
 
 def test_every_kind_has_a_builtin_that_the_kit_runs():
+    from hemaflow.core.validate import module_available
+
     ran = {cls.kind for cls in CLASSES if (SETTINGS.get(cls.name) or (None, None, None))[2] is None}
-    assert ran == set(KINDS)
+    # the one tracker needs MLflow, an optional extra ('.[dev]' alone does not install it)
+    assert ran == set(KINDS) - (set() if module_available("mlflow") else {"tracker"})
 
 
 def test_run_checks_are_skipped_only_with_a_reason():
