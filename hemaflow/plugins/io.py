@@ -117,20 +117,28 @@ def image_size(path: Path | str) -> tuple[int, int]:
     Raises:
         DataError: the file is missing, empty, or not an image PIL can identify.
     """
+    return _open_image(Path(path), max_pixels=0, problem="not a readable image")
+
+
+def _open_image(path: Path, *, max_pixels: int | None, problem: str) -> tuple[int, int]:
+    """``(height, width)`` of an image file via PIL; the pixels are decoded too unless the image
+    has more than ``max_pixels`` (None: always, 0: never). Every failure is a DataError naming
+    the file (``problem`` prefixes a decoder error)."""
     from PIL import Image, UnidentifiedImageError
 
-    path = Path(path)
     try:
         if path.stat().st_size == 0:
             raise DataError(path, "file is empty")
         with Image.open(path) as im:
             w, h = im.size
+            if max_pixels is None or w * h <= max_pixels:
+                im.load()
     except FileNotFoundError:
         raise DataError(path, "file not found") from None
     except Image.DecompressionBombError as exc:
         raise _too_large(path, exc) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(path, f"not a readable image ({type(exc).__name__}: {exc})") from None
+        raise DataError(path, f"{problem} ({type(exc).__name__}: {exc})") from None
     return int(h), int(w)
 
 
@@ -167,8 +175,6 @@ def decode_check(path: Path | str, max_pixels: int | None = None) -> tuple[int, 
     Raises:
         DataError: the file is missing, empty, not an image, or cannot be decoded to the end.
     """
-    from PIL import Image, UnidentifiedImageError
-
     path = Path(path)
     if path.suffix.lower() in (".tif", ".tiff"):  # decoded as read_array does (tifffile: 16-bit RGB)
         if max_pixels is not None:
@@ -179,20 +185,7 @@ def decode_check(path: Path | str, max_pixels: int | None = None) -> tuple[int, 
             except DataError:
                 pass  # a TIFF PIL cannot open may still be one tifffile reads
         return tuple(read_array(path).shape[:2])  # type: ignore[return-value]
-    try:
-        if path.stat().st_size == 0:
-            raise DataError(path, "file is empty")
-        with Image.open(path) as im:
-            w, h = im.size
-            if max_pixels is None or w * h <= max_pixels:
-                im.load()
-    except FileNotFoundError:
-        raise DataError(path, "file not found") from None
-    except Image.DecompressionBombError as exc:
-        raise _too_large(path, exc) from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DataError(path, f"cannot read image ({type(exc).__name__}: {exc})") from None
-    return int(h), int(w)
+    return _open_image(path, max_pixels=max_pixels, problem="cannot read image")
 
 
 def list_images(root: Path | str, extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
