@@ -14,7 +14,7 @@ import torch
 
 
 def images_per_second(name: str, size: int, threads: int, steps: int = 6, batch: int = 16) -> float:
-    from hemaflow.plugins.models import ImageNet
+    from hemaflow.lib.nets import ImageNet
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)

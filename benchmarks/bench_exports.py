@@ -73,7 +73,7 @@ DIRECTIONS = (("tecom", "cellavision"), ("cellavision", "tecom"))
 
 def median_cell_side(source: str) -> tuple[float, int]:
     """Median bounding-box side (px) of the segmented centre cell over a source's images (no labels)."""
-    from hemaflow.plugins import io
+    from hemaflow.lib import imageio as io
     from hemaflow.plugins.single_cells import segment_all_cells, select_centre_cell
 
     sides = []

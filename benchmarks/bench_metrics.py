@@ -23,7 +23,7 @@ def timed(label: str, fn) -> object:
 def sklearn_bootstrap(y: np.ndarray, yp: np.ndarray, probs: np.ndarray, classes: list[str], n_boot: int,
                       seed: int) -> np.ndarray:
     """The obvious way: scikit-learn metrics on every resample (same stratified resamples)."""
-    from hemaflow.plugins.metrics import classification_metrics
+    from hemaflow.lib.metrics import classification_metrics
 
     rng = np.random.default_rng(seed)
     yt = np.array([classes.index(c) for c in y])
@@ -40,7 +40,7 @@ def main() -> None:
     import sklearn.metrics  # noqa: F401  (import cost is not metric cost)
     import scipy.stats  # noqa: F401
 
-    from hemaflow.plugins.metrics import bootstrap_ci, dice
+    from hemaflow.lib.metrics import bootstrap_ci, dice
 
     rng = np.random.default_rng(0)
     classes = ["ALL", "AML", "CLL", "CML", "NORMAL"]

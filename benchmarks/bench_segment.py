@@ -177,7 +177,7 @@ def bench_throughput(args) -> dict:
     import torch
     import torchstain
 
-    from hemaflow.plugins import io
+    from hemaflow.lib import imageio as io
     from hemaflow.plugins.cells import CellCrops, extract_cells
     from hemaflow.plugins.normalize import MacenkoNormalizer
     from hemaflow.plugins.postprocess import MorphologyPostprocessor, clean_mask

@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 from PIL import Image
 
-from hemaflow.plugins import io
+from hemaflow.lib import imageio as io
 from hemaflow.plugins.datasets import BCCDFields, PatientFolders, WBCCrops
 from hemaflow.testing import make, make_context
 

@@ -77,12 +77,12 @@ def sync_for(device: str) -> Callable[[], None]:
 
 # -- parts -----------------------------------------------------------------------------------------
 def fields(n: int) -> tuple[list[np.ndarray], str]:
-    from hemaflow.plugins import io
+    from hemaflow.lib import imageio as io
 
     files = sorted((SHARED / "bccd-fields" / "images").glob("*.jpg"))[:n]
     if files:
         return [io.read_image(f) for f in files], f"{len(files)} BCCD fields 640x480"
-    from hemaflow.plugins.synthetic import render_field  # type: ignore[attr-defined]
+    from hemaflow.lib.smear_generator import render_field  # type: ignore[attr-defined]
 
     rng = np.random.default_rng(0)
     return [render_field(rng, 512)[0] for _ in range(n)], f"{n} synthetic fields 512 px"

@@ -3,7 +3,7 @@
 Training data (licences allow shipping derived weights in an MIT package):
 
 * BCCD fields of ``splits/train.txt`` (../shared/data/bccd-fields; BCCD MIT, masks MIT);
-* hemaflow's own procedural smears (:mod:`hemaflow.plugins.synthetic`, MIT).
+* hemaflow's own procedural smears (:mod:`hemaflow.lib.smear_generator`, MIT).
 
 Model selection on the BCCD ``val.txt`` fields and on single-cell crops cut from them. No test
 list and no wbc-crops image (GPL-3.0) is read unless ``--extra`` asks for it, and weights trained
@@ -81,7 +81,7 @@ def cells_of(mask: np.ndarray) -> list[tuple[float, float, float]]:
 
 def synthetic_fields(n: int, size: int, seed: int, ppu: float) -> list[tuple[str, np.ndarray, np.ndarray]]:
     """``n`` procedural fields (all classes, strong stain variation, random difficulty)."""
-    from hemaflow.plugins.synthetic import ALL_CLASSES, patient_plan, render_field
+    from hemaflow.lib.smear_generator import ALL_CLASSES, patient_plan, render_field
 
     rng = np.random.default_rng(seed)
     out = []

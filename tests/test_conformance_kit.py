@@ -20,7 +20,7 @@ from hemaflow import hookimpl
 from hemaflow.core.artifacts import TableArtifact
 from hemaflow.core.component import Component
 from hemaflow.plugins.artifacts import FeatureTable, ImageSet, MaskSet
-from hemaflow.plugins.io import write_png
+from hemaflow.lib.imageio import write_png
 from hemaflow.testing import ConformanceError, check_component, iter_checks, parametrize_with_checks
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -235,7 +235,7 @@ BROKEN = [
                      "the input rows (e.g. table['patient_id'] = input.table['patient_id'])"),
     (FloatNpyImages, "output 'images' (ImageSet): image 'p0_im0' is stored as p0_im0.npy (float64 (64, 64, 3)), "
                      "which no image reader opens; write RGB uint8 HxWx3 image files with "
-                     "hemaflow.plugins.io.write_png(path, np.clip(img, 0, 255).astype(np.uint8))"),
+                     "hemaflow.lib.imageio.write_png(path, np.clip(img, 0, 255).astype(np.uint8))"),
     (IntVersion, "version is 1 (int); it must be a non-empty string, e.g. version = \"1\""),
     (OpenSchema, "schema must set \"additionalProperties\": False so that a typo in a recipe's with: is an error"),
     (BinaryMasks, "output 'masks' (MaskSet): mask 'p0_im0' holds values [255]; only 0 (background), "

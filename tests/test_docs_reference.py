@@ -167,7 +167,7 @@ def test_the_mil_contract_is_documented(registry):
 
 def test_the_helpers_exist_as_documented():
     from hemaflow import testing
-    from hemaflow.plugins import io
+    from hemaflow.lib import imageio as io
 
     text = REFERENCE[REFERENCE.index("## Helpers"):]
     for mod, names in ((io, ("read_image", "read_mask", "write_png", "png_bytes", "to_rgb_uint8", "list_images")),

@@ -23,7 +23,7 @@ import pandas as pd
 
 from hemaflow.core.artifacts import TableArtifact
 from hemaflow.core.markers import hookimpl
-from hemaflow.plugins import io
+from hemaflow.lib import imageio as io
 
 
 class ImageSet(TableArtifact):
@@ -34,7 +34,7 @@ class ImageSet(TableArtifact):
     partition), any extra metadata columns (``site``, ``stain``...).
 
     Meta: ``classes`` (ordered list), ``mask_spec`` (how to read the masks, see
-    :func:`hemaflow.plugins.io.read_mask`), ``patients_are_images`` (bool), ``skipped``
+    :func:`hemaflow.lib.imageio.read_mask`), ``patients_are_images`` (bool), ``skipped``
     (list of {file, reason, step}: what the data step refused, also in ``skipped.parquet``),
     ``ignored_files`` (kind -> count of non-image files the reader left out), ``on_error`` and
     ``validate`` (the data step's choices).

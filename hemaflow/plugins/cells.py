@@ -154,7 +154,7 @@ def _cells_one(item: tuple) -> dict[str, Any]:
     """Worker for ctx.map: segment instances of one image, write its crops to scratch files."""
     from scipy import ndimage as ndi
 
-    from hemaflow.plugins import io
+    from hemaflow.lib import imageio as io
 
     image_id, img_path, mask_path, inst_path, scratch, params, truth = item
     try:
@@ -285,7 +285,7 @@ class CellCrops(CellExtractor):
         return {"cells": cells}
 
     def _report(self, ctx: RunContext, cells: Any) -> None:
-        from hemaflow.plugins.io import png_bytes
+        from hemaflow.lib.imageio import png_bytes
 
         if len(cells.table) == 0:
             return

@@ -41,7 +41,7 @@ from hemaflow.core.component import RunContext
 from hemaflow.core.errors import DataError
 from hemaflow.core.markers import hookimpl
 from hemaflow.plugins.artifacts import FeatureTable, ImageSet, Split
-from hemaflow.plugins.metrics import classification_metrics, clean
+from hemaflow.lib.metrics import classification_metrics, clean
 
 HEADLINE = ("accuracy", "balanced_accuracy", "macro_f1", "auroc", "n")
 

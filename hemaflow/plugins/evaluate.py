@@ -18,9 +18,9 @@ from hemaflow.core.bases import Evaluator
 from hemaflow.core.component import RunContext
 from hemaflow.core.errors import DataError
 from hemaflow.core.markers import hookimpl
-from hemaflow.plugins import io
+from hemaflow.lib import imageio as io
 from hemaflow.plugins.artifacts import ImageSet, MaskSet, Split
-from hemaflow.plugins.metrics import bootstrap_ci, classification_metrics, clean, dice, iou
+from hemaflow.lib.metrics import bootstrap_ci, classification_metrics, clean, dice, iou
 
 LEVELS = ("cell", "image", "patient")  # finest first
 

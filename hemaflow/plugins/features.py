@@ -5,7 +5,7 @@ Components (kind ``features``):
 * ``radiomics``: pyradiomics features per cell crop (default) or per image over the union of its
   cells. Columns ``radiomics_<imagetype>_<class>_<Feature>``, e.g.
   ``radiomics_original_glcm_Contrast`` (pyradiomics' own key behind a ``radiomics_`` prefix).
-  Texture is truly 2-D (see :mod:`hemaflow.plugins.radiomics_utils` for the ``force2D`` trap).
+  Texture is truly 2-D (see :mod:`hemaflow.lib.radiomics` for the ``force2D`` trap).
 * ``embeddings``: cell crops through a timm backbone (``num_classes=0``: pooled features).
   Columns ``emb_0 .. emb_{d-1}``.
 
@@ -38,7 +38,7 @@ from hemaflow.core.bases import FeatureExtractor
 from hemaflow.core.component import RunContext, cpu_count
 from hemaflow.core.errors import DataError, RecipeError
 from hemaflow.core.markers import hookimpl
-from hemaflow.plugins import radiomics_utils as ru
+from hemaflow.lib import radiomics as ru
 from hemaflow.plugins.artifacts import CellSet, FeatureTable, ImageSet, MaskSet
 
 ID_COLUMNS = ("cell_id", "image_id", "patient_id", "label")
@@ -248,7 +248,7 @@ _HUB_PREFIXES = ("hf-hub:", "hf_hub:", "timm/", "http://", "https://")
 
 def timm_model_problem(name: str) -> str | None:
     """A message when ``name`` is not a timm model this machine can build, else None."""
-    from hemaflow.plugins.model_names import known_timm_models
+    from hemaflow.lib.backbones import known_timm_models
 
     if name.startswith(_HUB_PREFIXES):
         return (f"{name!r} is a hub model; hemaflow never downloads weights: give a timm architecture name "

@@ -48,7 +48,7 @@ def _pad_square(arr: np.ndarray) -> tuple[np.ndarray, int, int]:
 
 def _whole_image_item(args: tuple) -> tuple[np.ndarray, np.ndarray, dict[str, Any]] | tuple[str, str]:
     path, mask_path, mask_spec, crop_size, image_id = args
-    from hemaflow.plugins import io
+    from hemaflow.lib import imageio as io
 
     try:
         img = io.read_image(path)
@@ -71,7 +71,7 @@ def _whole_image_item(args: tuple) -> tuple[np.ndarray, np.ndarray, dict[str, An
 
 def _patch_item(args: tuple) -> tuple[list[np.ndarray], list[np.ndarray], list[dict[str, Any]]] | tuple[str, str]:
     path, mask, size, stride, min_cov, crop_size = args
-    from hemaflow.plugins import io
+    from hemaflow.lib import imageio as io
 
     try:
         img = io.read_image(path)

@@ -181,7 +181,7 @@ def _resize(img: np.ndarray, size: list[int] | None, nearest: bool = False) -> n
 
 def _normalize_one(item: tuple) -> dict[str, Any]:
     """Worker for ctx.map: read, check, normalize and write one image."""
-    from hemaflow.plugins import io
+    from hemaflow.lib import imageio as io
 
     image_id, src, dst, kind, state, params, mask = item
     try:
@@ -235,7 +235,7 @@ def _scale_truth(truth: pd.DataFrame, table: pd.DataFrame, images: Any, size: li
 
 def _descriptor(item: tuple) -> list[float] | None:
     """Label-free stain statistics of one candidate reference (None if it cannot be fitted)."""
-    from hemaflow.plugins import io
+    from hemaflow.lib import imageio as io
 
     src, kind, params = item
     try:
@@ -305,7 +305,7 @@ class _StainNormalizer(Normalizer):
         return {}
 
     def run(self, ctx: RunContext, images: Any, split: Any = None) -> dict[str, Any]:
-        from hemaflow.plugins import io
+        from hemaflow.lib import imageio as io
         from hemaflow.plugins.artifacts import ImageSet
 
         p = self.params
@@ -422,7 +422,7 @@ class _StainNormalizer(Normalizer):
         return Path(ok[medoid][0]), f"medoid of {len(ok)} candidates from {note}"
 
     def _report(self, ctx: RunContext, before: Any, after: Any, ref_img: np.ndarray) -> None:
-        from hemaflow.plugins.io import png_bytes
+        from hemaflow.lib.imageio import png_bytes
 
         items = [("reference", png_bytes(ref_img, max_side=240))]
         ids = list(after.table["image_id"].astype(str))

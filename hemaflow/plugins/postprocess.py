@@ -128,7 +128,7 @@ def clean_mask(mask: np.ndarray, *, fill_holes: bool = True, opening_radius: int
 
 
 def _morphology_one(item: tuple[str, str, str, str, dict[str, Any]]) -> dict[str, Any]:
-    from hemaflow.plugins import io
+    from hemaflow.lib import imageio as io
 
     image_id, src, dst, dst_inst, params = item
     try:

@@ -184,7 +184,7 @@ def embed(backbone, crops: np.ndarray, size: int, batch_size: int) -> np.ndarray
 
 
 class CropDataset:
-    """Crops (uint8, kept as stored) with labels for :func:`hemaflow.plugins.training.fit`.
+    """Crops (uint8, kept as stored) with labels for :func:`hemaflow.lib.training.fit`.
 
     With ``length`` smaller than the number of crops, each epoch draws ``length`` random crops
     (the ``max_cells`` cap); the draw changes every epoch.
@@ -217,7 +217,7 @@ def pretrain_fold(backbone, crops: np.ndarray, y: np.ndarray | None, val_crops: 
                   mode: str, params: dict[str, Any], seed: int, n_classes: int, ctx: RunContext | None = None,
                   name: str = "fold0") -> dict[str, Any]:
     """Pre-train ``backbone`` in place on one fold's training cells with the project's one
-    training loop (:func:`hemaflow.plugins.training.fit`); return the history.
+    training loop (:func:`hemaflow.lib.training.fit`); return the history.
 
     ``weak``: backbone + linear head, class-weighted cross-entropy, the checkpoint with the lowest
     loss on ``val_crops`` is kept. ``simclr``: backbone + projection head, NT-Xent between two
@@ -226,7 +226,7 @@ def pretrain_fold(backbone, crops: np.ndarray, y: np.ndarray | None, val_crops: 
     import torch
     from torch import nn
 
-    from hemaflow.plugins.training import fit, train_config
+    from hemaflow.lib.training import fit, train_config
 
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)

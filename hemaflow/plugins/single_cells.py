@@ -192,7 +192,7 @@ def crop_cell(img: np.ndarray, mask: np.ndarray, cell: np.ndarray, *, crop_size:
 
 def single_cell_item(item: tuple) -> dict[str, Any]:
     """Worker for ``ctx.map``: read, segment (unless a mask is given), select and crop one image."""
-    from hemaflow.plugins import io
+    from hemaflow.lib import imageio as io
 
     path, mask_path, mask_spec, scale, p = item
     try:
@@ -309,7 +309,7 @@ class SingleCells(CellExtractor):
         return out
 
     def run(self, ctx: RunContext, images: Any, masks: Any = None) -> dict[str, Any]:
-        from hemaflow.plugins import io
+        from hemaflow.lib import imageio as io
 
         p = self.params
         t = images.table.reset_index(drop=True)
@@ -419,7 +419,7 @@ class SingleCells(CellExtractor):
         return CellSet(out, pd.DataFrame(rows, columns=COLUMNS), meta).save()
 
     def _report(self, ctx: RunContext, cells: Any, rejected: list[dict]) -> None:
-        from hemaflow.plugins.io import png_bytes
+        from hemaflow.lib.imageio import png_bytes
 
         n_in = cells.meta["n_input"]
         rows = [{"reason": "kept", "images": len(cells.table), "example": ""}]

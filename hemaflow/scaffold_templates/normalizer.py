@@ -7,7 +7,7 @@ import pandas as pd
 
 from hemaflow import Normalizer, hookimpl
 from hemaflow.plugins.artifacts import ImageSet
-from hemaflow.plugins.io import write_png
+from hemaflow.lib.imageio import write_png
 
 
 class TemplateComponent(Normalizer):

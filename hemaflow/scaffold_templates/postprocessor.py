@@ -8,7 +8,7 @@ from scipy import ndimage as ndi
 
 from hemaflow import Postprocessor, hookimpl
 from hemaflow.plugins.artifacts import MaskSet
-from hemaflow.plugins.io import write_png
+from hemaflow.lib.imageio import write_png
 
 
 class TemplateComponent(Postprocessor):

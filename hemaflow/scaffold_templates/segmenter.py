@@ -9,7 +9,7 @@ from skimage.filters import threshold_otsu
 
 from hemaflow import Segmenter, hookimpl
 from hemaflow.plugins.artifacts import ImageSet, MaskSet
-from hemaflow.plugins.io import write_png
+from hemaflow.lib.imageio import write_png
 
 
 def segment(img: np.ndarray, min_area: int) -> np.ndarray:

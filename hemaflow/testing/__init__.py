@@ -16,7 +16,7 @@ Example::
 
     >>> import pandas as pd
     >>> from hemaflow.core.component import Component
-    >>> from hemaflow.plugins.io import write_png
+    >>> from hemaflow.lib.imageio import write_png
     >>> from hemaflow.testing import check_component
     >>> class Invert(Component):
     ...     '''Invert the colours of every image.'''

@@ -21,7 +21,7 @@ MIL = {"epochs": 2, "batch_size": 2, "patience": 0, "hidden": 8, "gallery_patien
 
 def _field_files(root: Path, layout: str) -> dict[str, Any]:
     """Write a tiny folder data set (4 patients, 2 classes, 64 x 64 PNGs) in ``layout``."""
-    from hemaflow.plugins.io import write_png
+    from hemaflow.lib.imageio import write_png
     from hemaflow.testing.fixtures import smear_field
 
     rows = []

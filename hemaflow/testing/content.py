@@ -68,9 +68,9 @@ def check_artifact_content(s: Subject, name: str, art: Artifact, run: Run) -> No
 
 
 def _check_images(s: Subject, label: str, art: Any, source: Any) -> None:
-    from hemaflow.plugins import io
+    from hemaflow.lib import imageio as io
 
-    fix = ("write RGB uint8 HxWx3 image files with hemaflow.plugins.io.write_png(path, "
+    fix = ("write RGB uint8 HxWx3 image files with hemaflow.lib.imageio.write_png(path, "
            "np.clip(img, 0, 255).astype(np.uint8))")
     for _, row in art.table.iterrows():
         path = art.resolve(row["path"])
@@ -102,7 +102,7 @@ def _check_images(s: Subject, label: str, art: Any, source: Any) -> None:
 
 
 def _check_masks(s: Subject, label: str, art: Any, images: Any) -> None:
-    from hemaflow.plugins import io
+    from hemaflow.lib import imageio as io
 
     if images is not None:
         want, got = set(images.table["image_id"].astype(str)), set(art.table["image_id"].astype(str))
@@ -219,7 +219,7 @@ def _digest(arr: np.ndarray) -> str:
 
 def _normal_table(art: Artifact, workdir: Path) -> pd.DataFrame:
     from hemaflow.plugins import artifacts as A
-    from hemaflow.plugins import io
+    from hemaflow.lib import imageio as io
 
     t = art.table.reset_index(drop=True).copy()
     for col in t.columns:

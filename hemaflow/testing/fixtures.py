@@ -95,7 +95,7 @@ class Fixtures:
         """ImageSet: 12 PNG fields of 6 patients with canonical ground-truth masks (absolute paths)
         and a user-given ``split`` column (fold 0 of :attr:`split`)."""
         from hemaflow.plugins.artifacts import ImageSet
-        from hemaflow.plugins.io import write_png
+        from hemaflow.lib.imageio import write_png
 
         folder = self.root / "images"
         (folder / "files").mkdir(parents=True, exist_ok=True)
@@ -118,7 +118,7 @@ class Fixtures:
     def masks(self):
         """MaskSet: the ground-truth masks as predicted masks (``empty_mask``: p0's are empty)."""
         from hemaflow.plugins.artifacts import MaskSet
-        from hemaflow.plugins.io import write_png
+        from hemaflow.lib.imageio import write_png
 
         folder = self.root / "masks"
         folder.mkdir(parents=True, exist_ok=True)

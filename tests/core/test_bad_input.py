@@ -51,7 +51,7 @@ def png_header(width: int, height: int) -> bytes:
 
 
 def small_png(path: Path) -> Path:
-    from hemaflow.plugins.io import write_png
+    from hemaflow.lib.imageio import write_png
 
     path.parent.mkdir(parents=True, exist_ok=True)
     img = np.full((32, 32, 3), 220, np.uint8)

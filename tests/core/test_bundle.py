@@ -217,7 +217,7 @@ def test_zip_bundle_and_the_checks(headline, tmp_path, capsys):
 # -- the classical baseline on a per-cell export --------------------------------------------------
 def write_cell_export(root: Path, seed: int, shift=None) -> pd.DataFrame:
     """<root>/<patient>/<cell>.png, 8 patients, 4 crops each: AML cells larger than NORMAL cells."""
-    from hemaflow.plugins import io
+    from hemaflow.lib import imageio as io
     from tests.plugins.seg_fixtures import field
 
     rng = np.random.default_rng(seed)

@@ -63,7 +63,7 @@ report: {uses: html}
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory):
-    from hemaflow.plugins import model_names
+    from hemaflow.lib import backbones as model_names
 
     path = tmp_path_factory.mktemp("cache")
     mp = pytest.MonkeyPatch()

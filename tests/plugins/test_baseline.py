@@ -105,7 +105,7 @@ def test_baseline_recipes_run_tiny(tmp_path, registry, monkeypatch):
     from pathlib import Path
 
     from hemaflow.core.cli import main
-    from hemaflow.plugins import io
+    from hemaflow.lib import imageio as io
 
     monkeypatch.setenv("HEMAFLOW_CACHE_DIR", str(tmp_path / "cache"))
     recipes = Path(__file__).resolve().parents[2] / "recipes"

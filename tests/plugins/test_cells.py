@@ -83,7 +83,7 @@ def test_component_from_classical_without_instances(tmp_path):
 def test_component_size_mismatch(tmp_path):
     images = image_set(tmp_path / "data", [field()])
     masks = make(GroundTruthSegmenter).run(make_context(tmp_path / "gt"), images=images)["masks"]
-    from hemaflow.plugins import io
+    from hemaflow.lib import imageio as io
     io.write_png(masks.resolve(masks.table.iloc[0]["path"]), np.zeros((10, 10), np.uint8))
     with pytest.raises(DataError, match="mask is 10x10 but the image is 128x96"):
         make(CellCrops).run(make_context(tmp_path / "w"), images=images, masks=masks)

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from hemaflow.core.errors import DataError, HemaflowError
-from hemaflow.plugins import io
+from hemaflow.lib import imageio as io
 from hemaflow.plugins.artifacts import CellSet, FeatureTable, ImageSet, Split
 from hemaflow.plugins.classify import (
     COMPONENTS,
@@ -17,7 +17,7 @@ from hemaflow.plugins.classify import (
     SklearnClassifier,
     TabularAttention,
 )
-from hemaflow.plugins.training import load_checkpoint
+from hemaflow.lib.training import load_checkpoint
 from hemaflow.testing import check_component, make, make_context
 
 CLASSES = ["A", "B"]
@@ -241,7 +241,7 @@ def test_image_classifier_local_pretrained_file(tmp_path, data):
     src = timm.create_model("test_resnet", num_classes=1000)
     path = tmp_path / "w.safetensors"
     save_file({k: v.contiguous() for k, v in src.state_dict().items()}, str(path))
-    from hemaflow.plugins.models import create_backbone
+    from hemaflow.lib.nets import create_backbone
 
     net = create_backbone("test_resnet", num_classes=2, pretrained=str(path))
     assert torch_equal(net.state_dict()["conv1.0.weight"], src.state_dict()["conv1.0.weight"])

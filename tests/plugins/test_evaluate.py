@@ -10,7 +10,7 @@ import pytest
 
 from hemaflow.core.artifacts import Metrics
 from hemaflow.core.errors import DataError
-from hemaflow.plugins import io
+from hemaflow.lib import imageio as io
 from hemaflow.plugins.artifacts import ImageSet, MaskSet, Split
 from hemaflow.plugins.evaluate import SegmentationEvaluator
 from hemaflow.testing import check_component, make, make_context

@@ -13,7 +13,7 @@ import yaml
 from PIL import Image
 
 from hemaflow.core.errors import DataError
-from hemaflow.plugins import io
+from hemaflow.lib import imageio as io
 from hemaflow.plugins.artifacts import ImageSet
 from hemaflow.plugins.datasets import ClassFolders, FileDataset, Listing, PatientFolders
 from hemaflow.plugins.instances import WholeImages

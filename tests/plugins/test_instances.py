@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from hemaflow.core.errors import DataError
-from hemaflow.plugins import instances, io
+from hemaflow.lib import imageio as io
+from hemaflow.plugins import instances
 from hemaflow.plugins.artifacts import CellSet, ImageSet
 from hemaflow.testing import check_component, make, make_context
 

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from hemaflow.core.errors import DataError
-from hemaflow.plugins import io
+from hemaflow.lib import imageio as io
 
 
 @pytest.fixture()

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from hemaflow.plugins.metrics import auroc, bootstrap_ci, classification_metrics, dice, fast_scores, iou
+from hemaflow.lib.metrics import auroc, bootstrap_ci, classification_metrics, dice, fast_scores, iou
 
 
 def test_dice_iou_hand_checked():

@@ -57,7 +57,7 @@ def test_headline_then_ablation_reuses_cached_instances(tmp_path):
 
 def test_cell_export_layout(tmp_path, registry):
     """A lab's export: <root>/<patient>/<cell>.png plus labels.csv, from synthetic cell crops."""
-    from hemaflow.plugins import io
+    from hemaflow.lib import imageio as io
     from hemaflow.testing import make, make_context
 
     images = make(registry.get("dataset", "synthetic_smears"), classes=["AML", "NORMAL"], patients_per_class=3,

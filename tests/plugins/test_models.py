@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from hemaflow.core.errors import HemaflowError
-from hemaflow.plugins.models import (
+from hemaflow.lib.nets import (
     FTTransformer,
     ImageNet,
     MaskGuided,

@@ -108,7 +108,7 @@ def test_bad_reference(tmp_path):
     images = image_set(tmp_path / "data", [field()])
     with pytest.raises(DataError, match="stain reference image not found"):
         make(MacenkoNormalizer, reference=str(tmp_path / "nope.png")).run(make_context(tmp_path / "w"), images=images)
-    from hemaflow.plugins import io
+    from hemaflow.lib import imageio as io
     io.write_png(tmp_path / "white.png", np.full((32, 32, 3), 250, np.uint8))
     with pytest.raises(DataError, match="white.png: cannot be the stain reference: uniform image"):
         make(MacenkoNormalizer, reference=str(tmp_path / "white.png")).run(make_context(tmp_path / "w2"), images=images)

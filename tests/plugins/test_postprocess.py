@@ -77,7 +77,7 @@ def test_component_bad_mask(tmp_path):
     images = image_set(tmp_path / "data", [field()])
     masks = make(GroundTruthSegmenter).run(make_context(tmp_path / "gt"), images=images)["masks"]
     bad = masks.resolve(masks.table.iloc[0]["path"])
-    from hemaflow.plugins import io
+    from hemaflow.lib import imageio as io
     io.write_png(bad, np.full((8, 8), 7, np.uint8))
     with pytest.raises(DataError, match="mask has value 7; expected 0, 1 or 2"):
         make(MorphologyPostprocessor).run(make_context(tmp_path / "w"), masks=masks)

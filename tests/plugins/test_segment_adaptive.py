@@ -94,7 +94,7 @@ def test_component_default_is_adaptive_and_threshold_is_kept(tmp_path):
 
 def test_real_crops_of_both_wbc_sources(shared_data):
     """A few real crops of each wbc-crops source: the centre cell's Dice with default settings."""
-    from hemaflow.plugins import io
+    from hemaflow.lib import imageio as io
 
     spec = {"mode": "values", "cytoplasm": [128], "nucleus": [255]}
     for source, ids in (("tecom", ("001", "002", "003", "004")), ("cellavision", ("001", "002", "003", "004"))):

@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from hemaflow.core.errors import DataError
-from hemaflow.plugins import io, single_cells
+from hemaflow.lib import imageio as io
+from hemaflow.plugins import single_cells
 from hemaflow.plugins.artifacts import CellSet, ImageSet, MaskSet
 from hemaflow.plugins.instances import CELL_COLUMNS
 from hemaflow.testing import check_component, make, make_context

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from hemaflow.plugins.datasets import SyntheticSmears
-from hemaflow.plugins.synthetic import ABNORMAL_MIX, CELL_TYPES, NORMAL_MIX, patient_plan, render_field
+from hemaflow.lib.smear_generator import ABNORMAL_MIX, CELL_TYPES, NORMAL_MIX, patient_plan, render_field
 from hemaflow.testing import check_component, make, make_context
 from tests.plugins.synthetic_helpers import bag_vs_one_cell, cell_features
 

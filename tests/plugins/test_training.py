@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hemaflow.core.errors import DataError
-from hemaflow.plugins.training import (
+from hemaflow.lib.training import (
     TRAIN_SCHEMA,
     Augment,
     TensorDictDataset,

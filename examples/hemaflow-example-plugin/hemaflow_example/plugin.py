@@ -8,7 +8,7 @@ import pandas as pd
 from hemaflow import hookimpl
 from hemaflow.core.component import Component
 from hemaflow.plugins.artifacts import CellSet, FeatureTable, ImageSet
-from hemaflow.plugins.io import write_png
+from hemaflow.lib.imageio import write_png
 
 
 class GreyWorld(Component):

@@ -15,7 +15,7 @@ import pandas as pd
 
 from hemaflow import Segmenter, hookimpl
 from hemaflow.plugins.artifacts import MaskSet
-from hemaflow.plugins.io import write_png
+from hemaflow.lib.imageio import write_png
 
 
 def _drop_small(binary: np.ndarray, min_size: int) -> np.ndarray:

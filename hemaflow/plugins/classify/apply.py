@@ -121,8 +121,8 @@ class ApplyClassifier(Classifier):
             return SklearnClassifier._proba(saved["estimator"], x, len(classes))
         import torch
 
-        from hemaflow.plugins.models import ImageNet, MultiModalNet, TabularNet
-        from hemaflow.plugins.training import TensorDictDataset, load_checkpoint, predict_proba, train_config
+        from hemaflow.lib.nets import ImageNet, MultiModalNet, TabularNet
+        from hemaflow.lib.training import TensorDictDataset, load_checkpoint, predict_proba, train_config
 
         state, fmeta = load_checkpoint(model.path / f"fold{fold}.safetensors")
         if [str(c) for c in fmeta.get("classes", [])] != classes:

@@ -4,7 +4,7 @@ Helpers only, no components: each classifier module (:mod:`.images`, :mod:`.tabu
 :mod:`.multimodal`, :mod:`.apply`) builds on these. ``_train_folds`` is the per-fold loop of the
 neural classifiers (train on the training patients, select on the validation patients, predict
 the test patients, save one checkpoint per fold); the training itself is
-:func:`hemaflow.plugins.training.fit`.
+:func:`hemaflow.lib.training.fit`.
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def _save_predictions(ctx: RunContext, frames: list[pd.DataFrame], classes: list
 
 
 def _model_meta(ctx: RunContext, comp: Component, **extra: Any) -> dict[str, Any]:
-    from hemaflow.plugins.training import recipe_hash
+    from hemaflow.lib.training import recipe_hash
 
     return {"component": comp.name, "version": comp.version, "params": comp.get_params(),
             "recipe_hash": recipe_hash(ctx.recipe), "step_id": ctx.step_id, **extra}
@@ -173,7 +173,7 @@ def _train_folds(ctx: RunContext, comp: Component, *, split: Any, rows: pd.DataF
     returns it; ``make_data(idx, train, state)`` builds a data set; ``after_fold(net, state,
     test_idx, fold)`` collects extras (attention weights).
     """
-    from hemaflow.plugins.training import torch_threads, train_config
+    from hemaflow.lib.training import torch_threads, train_config
 
     cfg = train_config(comp.params)
     with torch_threads(int(cfg["threads"])):
@@ -186,7 +186,7 @@ def _train_folds_inner(ctx: RunContext, comp: Component, cfg: Any, *, split: Any
                        classes: list[str], level: str, build: Callable[[], Any], make_data: Callable,
                        forward: Callable, prepare_fold: Callable | None, after_fold: Callable | None,
                        extra_meta: dict[str, Any] | None, source: Any) -> dict[str, Any]:
-    from hemaflow.plugins.training import (
+    from hemaflow.lib.training import (
         fit,
         predict_proba,
         report_learning_curves,
@@ -246,7 +246,7 @@ def _backbone_problems(params: dict[str, Any]) -> list[tuple[str, str]]:
     token_dim not divisible by heads. ``(json pointer below with/, message)`` pairs."""
     from pathlib import Path
 
-    from hemaflow.plugins.model_names import check_model_name, pretrained_error
+    from hemaflow.lib.backbones import check_model_name, pretrained_error
 
     problems = []
     if "backbone" in params:

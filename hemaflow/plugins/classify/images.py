@@ -27,7 +27,7 @@ from hemaflow.plugins.classify.common import (
     check_labels,
     class_list,
 )
-from hemaflow.plugins.training import TRAIN_SCHEMA
+from hemaflow.lib.training import TRAIN_SCHEMA
 
 
 # -- reading images and crops ------------------------------------------------------------------------
@@ -35,7 +35,7 @@ def _load_field(item: tuple) -> dict[str, Any]:
     """Read, mask and resize one field (top level: runs in ctx.map workers)."""
     from PIL import Image
 
-    from hemaflow.plugins import io
+    from hemaflow.lib import imageio as io
 
     image_path, mask_path, mask_spec, size, paint, need_mask = item
     try:
@@ -136,7 +136,7 @@ class _ImageData:
                  use_mask: bool = False) -> None:
         import torch
 
-        from hemaflow.plugins.training import Augment
+        from hemaflow.lib.training import Augment
 
         self.images, self.masks, self.labels = images, masks, np.asarray(y, dtype=int)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
@@ -198,7 +198,7 @@ class ImageClassifier(NeuralClassifier):
     inputs = {"split": "Split", "images": "ImageSet?", "cells": "CellSet?", "masks": "MaskSet?"}
 
     def run(self, ctx: RunContext, split: Any, images: Any = None, cells: Any = None, masks: Any = None) -> dict[str, Any]:
-        from hemaflow.plugins.models import ImageNet
+        from hemaflow.lib.nets import ImageNet
 
         p = self.params
         _raise_problems(self.check_params())

@@ -28,7 +28,7 @@ from hemaflow.plugins.classify.common import (
 )
 from hemaflow.plugins.classify.images import _image_rows, _ImageData, _norm_stats
 from hemaflow.plugins.classify.tabular import Scaler, _save_attention, feature_matrix
-from hemaflow.plugins.training import TRAIN_SCHEMA
+from hemaflow.lib.training import TRAIN_SCHEMA
 
 
 def _forward_multimodal(model: Any, batch: dict[str, Any]) -> Any:
@@ -71,7 +71,7 @@ class MultiModal(NeuralClassifier):
             masks: Any = None) -> dict[str, Any]:
         import torch
 
-        from hemaflow.plugins.models import MultiModalNet
+        from hemaflow.lib.nets import MultiModalNet
 
         p = self.params
         _raise_problems(self.check_params())

@@ -32,7 +32,7 @@ from hemaflow.plugins.classify.common import (
     _train_folds,
     class_list,
 )
-from hemaflow.plugins.training import TRAIN_SCHEMA
+from hemaflow.lib.training import TRAIN_SCHEMA
 
 
 # -- feature tables -----------------------------------------------------------------------------------
@@ -172,8 +172,8 @@ class TabularAttention(NeuralClassifier):
     def run(self, ctx: RunContext, features: Any, split: Any) -> dict[str, Any]:
         import torch
 
-        from hemaflow.plugins.models import TabularNet
-        from hemaflow.plugins.training import TensorDictDataset
+        from hemaflow.lib.nets import TabularNet
+        from hemaflow.lib.training import TensorDictDataset
 
         p = self.params
         _raise_problems(self.check_params())
@@ -292,7 +292,7 @@ class SklearnClassifier(Classifier):
         import joblib
         from sklearn.utils.class_weight import compute_sample_weight
 
-        from hemaflow.plugins.training import balanced_accuracy
+        from hemaflow.lib.training import balanced_accuracy
 
         p = self.params
         classes, x_all, columns, rows, level = _labelled_features(ctx, features)

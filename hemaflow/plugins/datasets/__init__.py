@@ -6,7 +6,7 @@ set of 100k images costs a table of 100k rows, not 100k decoded images.
 
 Components:
     ``synthetic_smears``  procedurally generated Giemsa-like fields with ground-truth masks
-                          (the built-in default; see :mod:`hemaflow.plugins.synthetic`).
+                          (the built-in default; see :mod:`hemaflow.lib.smear_generator`).
                           ``patients_per_class: 2, images_per_patient: 1, image_size: 96``
                           generates in well under a second: use that in tests.
     ``manifest``          a CSV/Parquet file with ``image, patient, label[, mask][, split]``.

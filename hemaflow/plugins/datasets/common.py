@@ -27,7 +27,7 @@ import pandas as pd
 from hemaflow.core.bases import Dataset
 from hemaflow.core.component import RunContext
 from hemaflow.core.errors import DataError
-from hemaflow.plugins import io
+from hemaflow.lib import imageio as io
 from hemaflow.plugins.artifacts import ImageSet
 
 # -- shared schema pieces ---------------------------------------------------------------------------
@@ -54,7 +54,7 @@ _COLOURS = {"type": "array", "items": _RGB, "description": "colors mode: the RGB
 MASK_SPEC = {
     "type": "object",
     "description": "how stored mask values map to background / cytoplasm / nucleus "
-                   "(see hemaflow.plugins.io.read_mask)",
+                   "(see hemaflow.lib.imageio.read_mask)",
     "properties": {
         "mode": {"enum": ["binary", "threshold", "values", "canonical", "colors"], "default": "binary",
                  "description": "binary: value > threshold is cell; threshold: value > cell is cell, "
@@ -106,7 +106,7 @@ class Listing:
     extra columns (``split``, ``site``...).
 
     ``ignored`` lists the files (and folders) left out as not images (see
-    :func:`hemaflow.plugins.io.list_images`): counted and warned about, not errors.
+    :func:`hemaflow.lib.imageio.list_images`): counted and warned about, not errors.
     """
 
     def __init__(self, records: list[dict[str, Any]], problems: list[tuple[str, str]],

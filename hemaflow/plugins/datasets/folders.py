@@ -19,7 +19,7 @@ import pandas as pd
 
 from hemaflow.core.errors import DataError
 from hemaflow.core.markers import hookimpl
-from hemaflow.plugins import io
+from hemaflow.lib import imageio as io
 from hemaflow.plugins.datasets.common import CLASSES, MASK_SPEC, ON_ERROR, VALIDATE, FileDataset, Listing, _schema
 
 

@@ -16,7 +16,7 @@ import pandas as pd
 from hemaflow.core.component import RunContext
 from hemaflow.core.errors import DataError
 from hemaflow.core.markers import hookimpl
-from hemaflow.plugins import io
+from hemaflow.lib import imageio as io
 from hemaflow.plugins.datasets.common import MASK_SPEC, ON_ERROR, VALIDATE, FileDataset, Listing, _schema
 
 

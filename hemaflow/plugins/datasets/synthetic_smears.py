@@ -1,6 +1,6 @@
 """``synthetic_smears``: the built-in data set, Giemsa-like fields with ground-truth masks.
 
-The drawing code is :mod:`hemaflow.plugins.synthetic`; this module turns it into a component:
+The drawing code is :mod:`hemaflow.lib.smear_generator`; this module turns it into a component:
 patient ids, sites, one ``ctx.map`` item per field, the ImageSet with its per-cell ground truth
 and a report table and gallery.
 """
@@ -15,7 +15,7 @@ import pandas as pd
 from hemaflow.core.bases import Dataset
 from hemaflow.core.component import RunContext
 from hemaflow.core.markers import hookimpl
-from hemaflow.plugins import io
+from hemaflow.lib import imageio as io
 from hemaflow.plugins.artifacts import ImageSet
 from hemaflow.plugins.datasets.common import _schema
 
@@ -23,7 +23,7 @@ from hemaflow.plugins.datasets.common import _schema
 # -- synthetic smears -------------------------------------------------------------------------------
 def _render_item(item: dict[str, Any]) -> list[dict[str, Any]]:
     """Render and write one synthetic field (top-level so process executors can pickle it)."""
-    from hemaflow.plugins.synthetic import render_field
+    from hemaflow.lib.smear_generator import render_field
 
     image, mask, cells = render_field(item["plan"], item["index"], item["size"])
     io.write_png(item["image_file"], image)
@@ -82,7 +82,7 @@ class SyntheticSmears(Dataset):
     outputs = {"images": "ImageSet"}
 
     def run(self, ctx: RunContext) -> dict[str, Any]:
-        from hemaflow.plugins.synthetic import patient_plan, stain_shift
+        from hemaflow.lib.smear_generator import patient_plan, stain_shift
 
         p = self.params
         lo, hi = sorted(p["wbc_per_image"])

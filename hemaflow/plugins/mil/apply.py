@@ -390,7 +390,7 @@ class ApplyBundle(MILModel):
         n_show, k = int(self.params["gallery_patients"]), int(self.params["top_k"])
         if cells is None or n_show == 0 or "crop_index" not in att_df.columns:
             return
-        from hemaflow.plugins.io import png_bytes
+        from hemaflow.lib.imageio import png_bytes
 
         crops = cells.crops
         for q in list(pred_df["id"])[:n_show]:

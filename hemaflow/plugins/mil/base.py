@@ -24,11 +24,11 @@ from hemaflow.plugins.mil.train import predict_bag, train_fold
 
 # -- parameters ------------------------------------------------------------------------------
 def _train_properties() -> dict[str, Any]:
-    """The shared training loop's options (hemaflow.plugins.training.TRAIN_SCHEMA) that apply
+    """The shared training loop's options (hemaflow.lib.training.TRAIN_SCHEMA) that apply
     to bags, with MIL defaults (``batch_size`` counts bags)."""
     import copy
 
-    from hemaflow.plugins.training import TRAIN_SCHEMA
+    from hemaflow.lib.training import TRAIN_SCHEMA
 
     keep = ("epochs", "batch_size", "lr", "weight_decay", "warmup_epochs", "schedule", "label_smoothing",
             "class_weighting", "patience", "select_metric", "grad_clip")
@@ -353,7 +353,7 @@ class MILAggregator(MILModel):
         n_show = int(self.params["gallery_patients"])
         if cells is None or n_show == 0 or att_df.empty or "crop_index" not in att_df.columns:
             return
-        from hemaflow.plugins.io import png_bytes
+        from hemaflow.lib.imageio import png_bytes
 
         crops = cells.crops
         k = int(self.params["top_k"])

@@ -61,7 +61,7 @@ def predict_by_vote(net, x: np.ndarray, size: int, rng: np.random.Generator,
 
 
 class BagDataset:
-    """Training/validation items for :func:`hemaflow.plugins.training.fit`: one bag per patient.
+    """Training/validation items for :func:`hemaflow.lib.training.fit`: one bag per patient.
 
     Item ``i`` is ``{"x": (n, d) tensor, "y": class index}``. With ``cap`` > 0 a larger bag gives
     a fresh random subset of ``cap`` instances on every access (so every epoch sees a different
@@ -132,7 +132,7 @@ def train_fold(net, x: np.ndarray, bags: dict[str, np.ndarray], labels: dict[str
                ctx: RunContext | None = None, classes: list[str] | None = None, name: str = "fold0",
                seed: int | None = None, crops=None) -> dict[str, Any]:
     """Train ``net`` on the ``train`` bags with the project's one training loop
-    (:func:`hemaflow.plugins.training.fit`: AdamW, warm-up + cosine, class weighting, early
+    (:func:`hemaflow.lib.training.fit`: AdamW, warm-up + cosine, class weighting, early
     stopping and checkpoint selection on the ``val`` bags only); load the selected weights.
 
     Every aggregator trains here. ``sub_bag_size`` > 0 trains on random sub-bags of that size
@@ -142,7 +142,7 @@ def train_fold(net, x: np.ndarray, bags: dict[str, np.ndarray], labels: dict[str
     """
     import torch
 
-    from hemaflow.plugins.training import fit, train_config
+    from hemaflow.lib.training import fit, train_config
 
     xt = torch.from_numpy(np.ascontiguousarray(x))
     train_ds = BagDataset(xt, bags, labels, train, rng, cap=int(params["max_instances"]), sub_bag_size=sub_bag_size,

@@ -116,7 +116,7 @@ def classical_mask(img: np.ndarray, *, channel: str = "blue_red", method: str = 
 
 def _classical_one(item: tuple[str, str, str, dict[str, Any]]) -> dict[str, Any]:
     """Worker for ctx.map: segment one image file and write its mask PNG."""
-    from hemaflow.plugins import io
+    from hemaflow.lib import imageio as io
 
     image_id, src, dst, params = item
     try:
@@ -239,7 +239,7 @@ class ClassicalSegmenter(Segmenter):
 
 # -- ground truth -----------------------------------------------------------------------------
 def _ground_truth_one(item: tuple[str, str, dict | None, str]) -> dict[str, Any]:
-    from hemaflow.plugins import io
+    from hemaflow.lib import imageio as io
 
     image_id, src, spec, dst = item
     try:

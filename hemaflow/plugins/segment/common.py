@@ -70,7 +70,7 @@ def overlay(img: np.ndarray, mask: np.ndarray, truth: np.ndarray | None = None) 
 
 def report_overlays(ctx: RunContext, images: Any, masks: Any, title: str, n: int = 6) -> None:
     """Add a gallery of a few overlays (prediction and, where known, ground truth)."""
-    from hemaflow.plugins.io import png_bytes
+    from hemaflow.lib.imageio import png_bytes
 
     ids = list(masks.table["image_id"].astype(str))
     if not ids:

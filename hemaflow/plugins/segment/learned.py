@@ -617,7 +617,7 @@ class DeepLabSegmenter(Segmenter):
                 "history": history}
 
     def _infer(self, ctx: RunContext, net: Any, images: Any, info: dict[str, Any]) -> Any:
-        from hemaflow.plugins import io
+        from hemaflow.lib import imageio as io
 
         out = ctx.out_dir("masks")
         (out / "masks").mkdir(exist_ok=True)

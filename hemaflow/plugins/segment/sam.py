@@ -98,7 +98,7 @@ class SamSegmenter(Segmenter):
         return SamPredictor(sam.to(device).eval())
 
     def run(self, ctx: RunContext, images: Any) -> dict[str, Any]:
-        from hemaflow.plugins import io
+        from hemaflow.lib import imageio as io
 
         predictor = self._predictor(ctx.device)
         if self.params["prompts"] == "ground_truth" and not images.has_masks():

@@ -431,7 +431,7 @@ def extract_images_chunk(task: tuple[list[tuple[int, str, str | None, dict | Non
 
 def _extract_image(row: int, image_path: str, mask_path: str, spec: dict | None, config: dict[str, Any]):
     from hemaflow.core.errors import DataError
-    from hemaflow.plugins import io
+    from hemaflow.lib import imageio as io
 
     try:
         rgb = io.read_image(image_path)

@@ -13,7 +13,7 @@ sets, nothing else), deterministic on CPU for a given seed.
 Example::
 
     import torch
-    from hemaflow.plugins.training import TRAIN_SCHEMA, TensorDictDataset, fit, predict_proba, train_config
+    from hemaflow.lib.training import TRAIN_SCHEMA, TensorDictDataset, fit, predict_proba, train_config
 
     x, y = torch.randn(40, 5), torch.arange(40) % 2
     train, val = TensorDictDataset(x=x[:30], y=y[:30]), TensorDictDataset(x=x[30:], y=y[30:])

@@ -4,7 +4,7 @@ This module holds the drawing code behind the ``synthetic_smears`` data set
 (:mod:`hemaflow.plugins.datasets`). It knows nothing about hemaflow's engine, so it can be used
 on its own::
 
-    from hemaflow.plugins.synthetic import render_field, patient_plan
+    from hemaflow.lib.smear_generator import render_field, patient_plan
     plan = patient_plan("AML", seed=(0, 1, 2), n_images=1, wbc_per_image=(2, 3),
                         abnormal_rate=(0.3, 0.7), stain_variation=1.0, difficulty=0.5)
     image, mask, cells = render_field(plan, 0, size=256)
@@ -567,7 +567,7 @@ def write_samples(out_dir: str, size: int = 192, seed: int = 0, classes: tuple[s
     return names
 
 
-if __name__ == "__main__":  # python -m hemaflow.plugins.synthetic docs/img
+if __name__ == "__main__":  # python -m hemaflow.lib.smear_generator docs/img
     import sys
 
     print("\n".join(write_samples(sys.argv[1] if len(sys.argv) > 1 else ".")))

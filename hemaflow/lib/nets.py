@@ -16,7 +16,7 @@
 
 Example::
 
-    from hemaflow.plugins.models import create_backbone, MaskGuided
+    from hemaflow.lib.nets import create_backbone, MaskGuided
     net = MaskGuided(create_backbone("test_resnet", num_classes=2), mode="valve")
     logits = net(images, masks)  # images float (B,3,H,W), masks uint8 (B,H,W) 0/1/2
 """
@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from hemaflow.core.errors import HemaflowError
-from hemaflow.plugins.model_names import check_model_name, pretrained_error  # noqa: F401  (torch-free, for validate)
+from hemaflow.lib.backbones import check_model_name, pretrained_error  # noqa: F401  (torch-free, for validate)
 
 MASK_MODES = ("none", "valve", "channel", "spatial")
 
