@@ -1,6 +1,6 @@
 """Neural network modules used by the classifier components (not a plugin module).
 
-* :func:`create_backbone` — any timm model by name, offline: ``pretrained`` is a local file.
+* :func:`~hemaflow.lib.backbones.create_backbone` (re-exported) — any timm model by name, offline.
 * :class:`MaskGuided` — the mask-attention ablation: the segmentation mask steers a backbone's
   first feature map. ``valve`` is the original design (a zero-initialised 3x3 convolution of the
   resized mask *added* to the first feature map); ``channel`` is the mask as extra input
@@ -24,7 +24,6 @@ Example::
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,94 +31,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from hemaflow.core.errors import HemaflowError
-from hemaflow.lib.backbones import check_model_name, pretrained_error  # noqa: F401  (torch-free, for validate)
+from hemaflow.lib.backbones import create_backbone  # noqa: F401  (the one factory; imported from here too)
 
 MASK_MODES = ("none", "valve", "channel", "spatial")
 
 
 # -- timm backbones ------------------------------------------------------------------------------
-def create_backbone(name: str, *, num_classes: int, pretrained: str | bool | None = None,
-                    img_size: int | None = None, drop_rate: float = 0.0) -> nn.Module:
-    """Create timm model ``name`` with ``num_classes`` outputs (0 = pooled features).
-
-    Args:
-        name: any ``timm.list_models()`` name (``test_resnet``, ``resnet50``, ``vit_small_patch16_224``...).
-        num_classes: classifier outputs; 0 returns ``num_features``-dim pooled features.
-        pretrained: path of a local weights file (.safetensors/.pth/.bin, e.g. saved from timm).
-            The classifier head is re-initialised when its size differs; ViT position
-            embeddings are resampled to ``img_size``. ``True`` is an error: nothing is downloaded.
-        img_size: input size for models that need it fixed (ViTs); ignored by CNNs.
-        drop_rate: dropout before the classifier.
-
-    Raises:
-        HemaflowError: unknown name (with suggestions), a download request, or weights that do
-            not fit the architecture.
-    """
-    import timm
-
-    check_model_name(name)
-    kwargs: dict[str, Any] = {"num_classes": num_classes, "drop_rate": drop_rate}
-    if pretrained is True:
-        raise pretrained_error(name)
-    if isinstance(pretrained, str) and pretrained:
-        path = Path(pretrained).expanduser()
-        if not path.is_file():
-            raise HemaflowError(f"pretrained weights file {str(path)!r} not found; {pretrained_error(name)}")
-        kwargs.update(pretrained=True, pretrained_cfg_overlay={"file": str(path), "hf_hub_id": None, "url": None})
-    else:
-        kwargs["pretrained"] = False
-
-    def make(extra: dict[str, Any]) -> nn.Module:
-        try:
-            return timm.create_model(name, **kwargs, **extra)
-        except TypeError:
-            raise
-        except RuntimeError as exc:
-            if kwargs.get("pretrained"):
-                raise HemaflowError(f"weights in {pretrained!r} do not fit timm model {name!r}: "
-                                    f"{str(exc).splitlines()[0]}") from None
-            raise
-
-    extra: dict[str, Any] = {}
-    if img_size:
-        try:
-            timm.create_model(name, pretrained=False, num_classes=num_classes, img_size=img_size)
-            extra = {"img_size": img_size}
-        except TypeError:  # CNNs take any size and do not accept img_size
-            pass
-    if kwargs.get("pretrained"):
-        # timm loads files non-strictly (a log line, no error): check the names fit first
-        _check_weights_fit(timm.create_model(name, pretrained=False, num_classes=num_classes, **extra),
-                           Path(str(pretrained)), name)
-    return make(extra)
-
-
-def _weight_keys(path: Path) -> set[str]:
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
-            return set(f.keys())
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
-    for k in ("state_dict", "model", "state_dict_ema"):
-        if isinstance(state, dict) and isinstance(state.get(k), dict):
-            state = state[k]
-    return {k.removeprefix("module.") for k in state}
-
-
-def _check_weights_fit(model: nn.Module, path: Path, name: str) -> None:
-    """timm loads pretrained files non-strictly; refuse files that share few keys with the model."""
-    try:
-        keys = _weight_keys(path)
-    except Exception as exc:
-        raise HemaflowError(f"cannot read pretrained weights {str(path)!r}: {exc}") from None
-    own = {k for k in model.state_dict() if not k.endswith("num_batches_tracked")}
-    shared = len(own & keys) / max(1, len(own))
-    if shared < 0.5:
-        raise HemaflowError(f"weights in {str(path)!r} do not fit timm model {name!r}: only {shared:.0%} of its "
-                            f"parameter names are in the file (weights of another architecture?)")
-
-
 def first_conv(model: nn.Module) -> tuple[str, nn.Conv2d]:
     """The first convolution of a timm model (``pretrained_cfg['first_conv']``, else the first Conv2d)."""
     cfg = getattr(model, "pretrained_cfg", None) or {}

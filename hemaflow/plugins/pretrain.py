@@ -30,41 +30,13 @@ from hemaflow.core.bases import FeatureExtractor
 from hemaflow.core.component import RunContext
 from hemaflow.core.errors import DataError
 from hemaflow.core.markers import hookimpl
+from hemaflow.lib.backbones import create_backbone  # noqa: F401  (the one factory; imported from here too)
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
 SCALE = (0.9, 1.1)  # augment: grid scale range (size in pixels is a morphology cue: keep it)
 SHIFT = 0.1  # augment: largest shift, in half-crop units of affine_grid
 FROZEN_UNUSED = ("epochs", "lr", "max_cells", "temperature", "projection_dim", "threads")  # unused with pretrain: none
-
-
-def create_backbone(name: str, pretrained: str | None = None, img_size: int | None = None):
-    """Return a timm backbone without classifier (``num_classes=0``); weights only from a
-    local file (``pretrained``), never downloaded.
-
-    Weights go through hemaflow's one loader, :func:`hemaflow.plugins.features.load_backbone_weights`
-    (hemaflow/timm safetensors or ``.pth`` state dicts, plain DINOv2 and DinoBloom ``teacher``
-    checkpoints; every backbone weight must fit). ``img_size`` is passed to ViTs (position
-    embeddings; DinoBloom: 224), ignored by convnets.
-    """
-    import timm
-
-    from hemaflow.plugins.features import build_backbone
-
-    if not timm.is_model(name.split(".")[0]):
-        raise DataError("<recipe>", f"timm has no model {name!r} (see timm.list_models())")
-    if pretrained:
-        from pathlib import Path
-
-        path = Path(pretrained).expanduser()
-        if not path.exists():
-            raise DataError(path, "pretrained weights file not found; `pretrained` must be a local file "
-                                  "(.safetensors, .pth or .bin); nothing is downloaded")
-    try:
-        model, _ = build_backbone(name, size=img_size, checkpoint=pretrained or None)
-    except RuntimeError as exc:  # unknown model name
-        raise DataError("<recipe>", f"timm has no model {name!r} ({exc})") from None
-    return model
 
 
 def feature_dim(backbone, size: int) -> int:
@@ -329,7 +301,7 @@ class InstanceEncoder(FeatureExtractor):
         name recompute."""
         from pathlib import Path
 
-        from hemaflow.plugins.features import checkpoint_file, weights_sha256
+        from hemaflow.lib.backbones import checkpoint_file, weights_sha256
 
         w = self.params.get("pretrained")
         if w and Path(w).expanduser().exists():
@@ -354,7 +326,7 @@ class InstanceEncoder(FeatureExtractor):
         """Problems JSON Schema cannot see: an unknown timm backbone, a missing weights file."""
         from pathlib import Path
 
-        from hemaflow.plugins.features import timm_model_problem
+        from hemaflow.lib.backbones import timm_model_problem
 
         out = []
         problem = timm_model_problem(self.params["backbone"])
@@ -401,7 +373,7 @@ class InstanceEncoder(FeatureExtractor):
         pid = ids["patient_id"].to_numpy()
         for fold in ctx.progress(folds, description="encoder folds"):
             torch.manual_seed(ctx.torch_seed("init", fold))
-            backbone = create_backbone(p["backbone"], p["pretrained"], img_size=int(p["image_size"]))
+            backbone = create_backbone(p["backbone"], pretrained=p["pretrained"], img_size=int(p["image_size"]))
             info: dict[str, Any] = {"fold": int(fold)}
             if mode != "none":
                 train_p = split.patients(fold, "train")

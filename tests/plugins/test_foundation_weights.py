@@ -109,14 +109,14 @@ def test_plain_dinov2_and_timm_state_dicts(tmp_path, shallow_vit):
 
     save_file({k: v.contiguous() for k, v in reference_vit(shallow_vit, seed=2).state_dict().items()},
               str(tmp_path / "timm.safetensors"))
-    m2 = pretrain.create_backbone(DINO, str(tmp_path / "timm.safetensors"), img_size=224)
+    m2 = pretrain.create_backbone(DINO, pretrained=str(tmp_path / "timm.safetensors"), img_size=224)
     torch.testing.assert_close(m2.norm.weight, reference_vit(shallow_vit, seed=2).norm.weight)
 
 
 def test_wrong_architecture_is_a_clear_error(tmp_path, shallow_vit):
     write_dinobloom(tmp_path / "s.pth", reference_vit(shallow_vit))
     with pytest.raises(DataError, match=r"s.pth: checkpoint does not fit the model \(.*weight\(s\) missing"):
-        pretrain.create_backbone("vit_base_patch14_dinov2", str(tmp_path / "s.pth"), img_size=224)
+        pretrain.create_backbone("vit_base_patch14_dinov2", pretrained=str(tmp_path / "s.pth"), img_size=224)
 
 
 def test_cache_key_follows_the_weights_content_not_the_path(tmp_path, shallow_vit):

@@ -138,5 +138,5 @@ def test_unknown_model_and_offline_errors(tmp_path):
         create_backbone("test_vit", num_classes=2, pretrained=True)
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"garbage")
-    with pytest.raises(HemaflowError, match="cannot read pretrained weights"):
+    with pytest.raises(HemaflowError, match=r"bad.safetensors: cannot read safetensors checkpoint"):
         create_backbone("test_resnet", num_classes=2, pretrained=str(bad))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hemaflow.core.errors import DataError
+from hemaflow.core.errors import DataError, HemaflowError
 from hemaflow.plugins import pretrain
 from hemaflow.testing import check_component, make, make_context
 from tests.plugins.mil_helpers import kfold_split, synthetic_instances
@@ -80,7 +80,7 @@ def test_errors_are_clear(tmp_path, data):
     with pytest.raises(DataError, match="pretrained weights file not found; `pretrained` must be a local file"):
         make(pretrain.InstanceEncoder, **TINY, pretrain="none", pretrained=str(tmp_path / "nope.pth")).run(
             make_context(tmp_path / "b"), cells=cells)
-    with pytest.raises(DataError, match="timm has no model 'no_such_net'"):
+    with pytest.raises(HemaflowError, match="unknown timm model 'no_such_net'"):
         make(pretrain.InstanceEncoder, **{**TINY, "backbone": "no_such_net"}, pretrain="none").run(
             make_context(tmp_path / "c"), cells=cells)
 
@@ -92,7 +92,7 @@ def test_local_pretrained_file_is_loaded(tmp_path, data):
     backbone = pretrain.create_backbone("test_convnext")
     state = {k: v.clone().fill_(0.5) if v.is_floating_point() else v.clone() for k, v in backbone.state_dict().items()}
     save_file(state, str(tmp_path / "w.safetensors"))
-    loaded = pretrain.create_backbone("test_convnext", str(tmp_path / "w.safetensors"))
+    loaded = pretrain.create_backbone("test_convnext", pretrained=str(tmp_path / "w.safetensors"))
     assert all(float(v.float().mean()) == pytest.approx(0.5) for k, v in loaded.state_dict().items() if v.is_floating_point())
 
 

@@ -157,7 +157,7 @@ class MILAggregator(MILModel):
         the cache key)."""
         from pathlib import Path
 
-        from hemaflow.plugins.features import checkpoint_file, weights_sha256
+        from hemaflow.lib.backbones import checkpoint_file, weights_sha256
 
         w = (self.params.get("encoder") or {}).get("pretrained")
         return weights_sha256(checkpoint_file(w)) if w and Path(w).expanduser().exists() else None
@@ -170,7 +170,7 @@ class MILAggregator(MILModel):
         if enc:
             from pathlib import Path
 
-            from hemaflow.plugins.features import timm_model_problem
+            from hemaflow.lib.backbones import timm_model_problem
 
             problem = timm_model_problem(str(enc.get("backbone", "mobilenetv3_small_050")))
             if problem:

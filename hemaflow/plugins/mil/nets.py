@@ -229,10 +229,11 @@ def end_to_end(make_mil, encoder: dict, in_dim: int, seed: int = 0) -> EndToEndN
     ``in_dim`` instance features) in an :class:`EndToEndNet` whose timm backbone (``encoder``:
     ``backbone``, ``pretrained``, ``image_size``) embeds the crops; ``seed`` drives its crop
     augmentation. The backbone is built first, then the MIL network."""
-    from hemaflow.plugins.pretrain import create_backbone, feature_dim
+    from hemaflow.lib.backbones import create_backbone
+    from hemaflow.plugins.pretrain import feature_dim
 
     size = int(encoder.get("image_size", 64))
-    backbone = create_backbone(str(encoder.get("backbone", "mobilenetv3_small_050")), encoder.get("pretrained"),
-                               img_size=size)
+    backbone = create_backbone(str(encoder.get("backbone", "mobilenetv3_small_050")),
+                               pretrained=encoder.get("pretrained"), img_size=size)
     dim = feature_dim(backbone, size)
     return EndToEndNet(backbone, make_mil(dim + in_dim), size, dim, seed=seed)
