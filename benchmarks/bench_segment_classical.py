@@ -6,6 +6,8 @@ scoring: whole field for BCCD, centre cell for the wbc-crops crops):
 * ``classical threshold`` — the algorithm before version 3 (``algorithm: threshold``, defaults);
 * ``classical adaptive v3`` — the adaptive algorithm without the convex hull (``convex: false``);
 * ``classical adaptive`` — the default (``algorithm: adaptive``; ``single_cell: true`` on crops);
+* ``classical adaptive, nucleus_split`` — the default plus ``nucleus_split: true`` (purple
+  cytoplasm dropped from the nucleus; chosen on dev among per-cell L*/b*/hematoxylin splits);
 * optionally a learned model (``--weights wbc-v1``) in the same run.
 
 How the adaptive defaults were chosen (no test image looked at): a small grid over
@@ -105,7 +107,8 @@ def main(argv: list[str] | None = None) -> None:
         return
     segs = {"classical threshold (v2 defaults)": lambda crops: classical_mask,
             "classical adaptive v3 (convex: false)": lambda crops: adaptive(crops, convex=False),
-            "classical adaptive (defaults)": adaptive}
+            "classical adaptive (defaults)": adaptive,
+            "classical adaptive, nucleus_split: true": lambda crops: adaptive(crops, nucleus_split=True)}
     if a.weights:
         seg, meta = model_segment(a.weights)
         segs[f"{Path(a.weights).stem} ({meta.get('architecture')}-{meta.get('encoder')})"] = lambda crops: seg

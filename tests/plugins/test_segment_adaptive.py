@@ -126,3 +126,42 @@ def test_convex_hull_fills_cytoplasm_as_pale_as_the_background():
     assert dice(hull, truth) > 0.95
     assert dice(hull, truth) > dice(frayed, truth) + 0.03
     assert (hull & ~ndi.binary_dilation(truth, iterations=2)).sum() == 0  # the hull does not spill out
+
+
+def _cell_with_purple_cytoplasm(halo: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # a dark blue-purple nucleus in pale cytoplasm; with ``halo`` the inner cytoplasm is purple
+    # (monocyte / eosinophil-like), red-blue enough in a* - b* to join the nucleus candidate
+    size = (120, 120)
+    img = np.empty(size + (3,), np.float32)
+    img[:] = (235, 225, 215)
+    img[disc(size, 60, 60, 38)] = (215, 190, 205)
+    if halo:
+        img[disc(size, 60, 60, 28)] = (160, 110, 185)
+    nuc = disc(size, 60, 60, 18)
+    img[nuc] = (80, 40, 135)
+    img = np.clip(img + np.random.default_rng(3).normal(0, 3, img.shape), 0, 255).astype(np.uint8)
+    return img, nuc, disc(size, 60, 60, 38)
+
+
+def test_nucleus_split_drops_purple_cytoplasm_from_the_nucleus():
+    img, nuc, cell = _cell_with_purple_cytoplasm(halo=True)
+    whole = adaptive_mask(img, single_cell=True)
+    split = adaptive_mask(img, single_cell=True, nucleus_split=True)
+    assert dice(whole == 2, nuc) < 0.7  # the purple ring joined the nucleus
+    assert dice(split == 2, nuc) > 0.95
+    assert np.array_equal(split > 0, whole > 0)  # the cell itself is unchanged
+
+
+def test_nucleus_split_leaves_a_nucleus_of_one_colour_whole():
+    img, nuc, _ = _cell_with_purple_cytoplasm(halo=False)
+    whole = adaptive_mask(img, single_cell=True)
+    assert dice(whole == 2, nuc) > 0.95
+    assert np.array_equal(adaptive_mask(img, single_cell=True, nucleus_split=True), whole)
+    f, truth = field()
+    assert np.array_equal(adaptive_mask(f, nucleus_split=True) == 2, adaptive_mask(f) == 2)
+
+
+def test_component_passes_nucleus_split():
+    seg = make(ClassicalSegmenter, nucleus_split=True)
+    assert seg.seg_params()["nucleus_split"] is True
+    assert make(ClassicalSegmenter).seg_params()["nucleus_split"] is False

@@ -185,6 +185,11 @@ class ClassicalSegmenter(Segmenter):
             "convex": {"type": "boolean", "default": ADAPTIVE_DEFAULTS["convex"],
                        "description": "adaptive: each cell is the convex hull of its colour region (version 4; "
                                       "false: the frayed region itself, as version 3)"},
+            "nucleus_split": {"type": "boolean", "default": ADAPTIVE_DEFAULTS["nucleus_split"],
+                              "description": "adaptive: drop purple cytoplasm from each nucleus (keep the "
+                                             "darkest or bluest third of the cell's colours when the rest "
+                                             "differs by Delta E >= 30); raises nucleus Dice on crops, "
+                                             "BCCD unchanged (docs/segmentation.md)"},
             "channel": {"enum": ["blue_red", "hematoxylin", "saturation"], "default": "blue_red",
                         "description": "threshold: nucleus channel: (B-R)/255 (robust to red cells), "
                                        "hematoxylin from colour deconvolution, or HSV saturation"},
