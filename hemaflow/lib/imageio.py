@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -402,3 +402,17 @@ def png_bytes(arr: np.ndarray, max_side: int | None = None) -> bytes:
     buf = _io.BytesIO()
     im.save(buf, format="PNG")
     return buf.getvalue()
+
+
+def resize(arr: np.ndarray, size: int | Sequence[int] | None, nearest: bool = False) -> np.ndarray:
+    """``arr`` (uint8 image or mask, HxW[xC]) resized to ``size`` (a side, or ``[height, width]``)
+    with PIL, bilinear (``nearest`` for masks and labels); unchanged when ``size`` is empty or met."""
+    if not size:
+        return arr
+    h, w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if arr.shape[0] == h and arr.shape[1] == w:
+        return np.ascontiguousarray(arr)
+    from PIL import Image
+
+    im = Image.fromarray(np.ascontiguousarray(arr))
+    return np.asarray(im.resize((w, h), Image.NEAREST if nearest else Image.BILINEAR))

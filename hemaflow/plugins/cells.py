@@ -28,6 +28,8 @@ from hemaflow.core.bases import CellExtractor
 from hemaflow.core.component import RunContext
 from hemaflow.core.errors import DataError
 from hemaflow.core.markers import hookimpl
+from hemaflow.lib.imageio import resize as _resize
+from hemaflow.lib.on_error import skip_or_stop
 
 COLUMNS = ["cell_id", "image_id", "patient_id", "label", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1",
            "centroid_y", "centroid_x", "area", "nucleus_area", "crop_index"]
@@ -59,15 +61,6 @@ def _take(arr: np.ndarray, y0: int, x0: int, y1: int, x1: int, padding: str, val
     if sy1 > sy0 and sx1 > sx0:
         out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = arr[sy0:sy1, sx0:sx1]
     return out
-
-
-def _resize(arr: np.ndarray, size: int, nearest: bool) -> np.ndarray:
-    from PIL import Image
-
-    if arr.shape[0] == size and arr.shape[1] == size:
-        return arr
-    im = Image.fromarray(np.ascontiguousarray(arr))
-    return np.asarray(im.resize((size, size), Image.NEAREST if nearest else Image.BILINEAR))
 
 
 def extract_cells(img: np.ndarray, mask: np.ndarray, instances: np.ndarray, *, crop_size: int = 96,
@@ -241,9 +234,7 @@ class CellCrops(CellExtractor):
         ok = []
         for res in results:
             if "error" in res:
-                if p["on_error"] == "stop":
-                    raise DataError(res["file"], res["error"])
-                ctx.warn(f"skipped {res['file']}: {res['error']}")
+                skip_or_stop(ctx, p["on_error"], res["file"], res["error"])
                 continue
             ok.append(res)
         n = sum(len(r["rows"]) for r in ok)

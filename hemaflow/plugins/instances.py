@@ -24,18 +24,11 @@ from hemaflow.core.bases import CellExtractor
 from hemaflow.core.component import RunContext
 from hemaflow.core.errors import DataError
 from hemaflow.core.markers import hookimpl
+from hemaflow.lib.imageio import resize as _resize
+from hemaflow.lib.on_error import skip_or_stop
 
 CELL_COLUMNS = ["cell_id", "image_id", "patient_id", "label", "bbox_y0", "bbox_x0", "bbox_y1", "bbox_x1",
                 "centroid_y", "centroid_x", "area", "crop_index"]
-
-
-def _resize(arr: np.ndarray, size: int, nearest: bool) -> np.ndarray:
-    from PIL import Image
-
-    if arr.shape[0] == size and arr.shape[1] == size:
-        return np.ascontiguousarray(arr)
-    im = Image.fromarray(np.ascontiguousarray(arr))
-    return np.asarray(im.resize((size, size), Image.NEAREST if nearest else Image.BILINEAR))
 
 
 def _pad_square(arr: np.ndarray) -> tuple[np.ndarray, int, int]:
@@ -182,9 +175,7 @@ class WholeImages(CellExtractor):
         rows, crops, cmasks, skipped = [], [], [], []
         for (_, r), res in zip(t.iterrows(), results):
             if isinstance(res[0], str):
-                if self.params["on_error"] == "stop":
-                    raise DataError(images.image_path(r), res[1])
-                ctx.warn(f"skipped image {r['image_id']}: {res[1]}")
+                skip_or_stop(ctx, self.params["on_error"], images.image_path(r), res[1], item=f"image {r['image_id']}")
                 file = str(images.image_path(r))
                 skipped.append({"file": file, "reason": res[1].removeprefix(f"{file}: "), "step": ctx.step_id})
                 continue
@@ -244,9 +235,7 @@ class Patches(CellExtractor):
                         raise DataError(images.image_path(r), "no mask: give the step a `masks` input "
                                                               "(a segmenter) or use a data set with masks")
             except DataError as exc:
-                if p["on_error"] == "stop":
-                    raise
-                ctx.warn(f"skipped image {iid}: {exc}")
+                skip_or_stop(ctx, p["on_error"], images.image_path(r), str(exc), item=f"image {iid}", error=exc)
                 continue
             items.append((str(images.image_path(r)), m, size, stride, float(p["min_coverage"]), crop_size))
             keep.append(r)
@@ -254,9 +243,7 @@ class Patches(CellExtractor):
         rows, crops, cmasks = [], [], []
         for r, res in zip(keep, results):
             if len(res) == 2 and isinstance(res[0], str):
-                if p["on_error"] == "stop":
-                    raise DataError(images.image_path(r), res[1])
-                ctx.warn(f"skipped image {r['image_id']}: {res[1]}")
+                skip_or_stop(ctx, p["on_error"], images.image_path(r), res[1], item=f"image {r['image_id']}")
                 continue
             pc, pm, infos = res
             order = list(range(len(pc)))

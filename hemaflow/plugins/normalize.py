@@ -44,6 +44,7 @@ from hemaflow.core.bases import Normalizer
 from hemaflow.core.component import RunContext
 from hemaflow.core.errors import DataError
 from hemaflow.core.markers import hookimpl
+from hemaflow.lib.imageio import resize as _resize
 
 
 # -- checks and torchstain wrappers -------------------------------------------------------------
@@ -169,14 +170,6 @@ def apply_state(kind: str, state: dict[str, Any], img: np.ndarray, params: dict[
 
 def _flat(state: dict[str, Any]) -> np.ndarray:
     return np.concatenate([np.ravel(np.asarray(v, np.float64)) for v in state.values()])
-
-
-def _resize(img: np.ndarray, size: list[int] | None, nearest: bool = False) -> np.ndarray:
-    if not size or (img.shape[0] == size[0] and img.shape[1] == size[1]):
-        return img
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(img).resize((size[1], size[0]), Image.NEAREST if nearest else Image.BILINEAR))
 
 
 def _normalize_one(item: tuple) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import pandas as pd
 from hemaflow.core.component import RunContext
 from hemaflow.core.errors import DataError
 from hemaflow.core.markers import hookimpl
+from hemaflow.lib.on_error import skip_or_stop
 from hemaflow.plugins.classify.common import (
     _BACKBONE_PARAMS,
     NeuralClassifier,
@@ -112,9 +113,7 @@ def _image_rows(ctx: RunContext, p: dict[str, Any], images: Any, cells: Any, mas
     keep, imgs, msks = [], [], []
     for i, res in enumerate(loaded):
         if "error" in res:
-            if p["on_error"] == "stop":
-                raise DataError(res["file"], res["error"])
-            ctx.warn(f"skipped {res['file']}: {res['error']}")
+            skip_or_stop(ctx, p["on_error"], res["file"], res["error"])
             continue
         keep.append(i)
         imgs.append(res["image"])
