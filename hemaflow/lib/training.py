@@ -33,28 +33,24 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
-import json
 import math
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, TypedDict
 
 import numpy as np
+
+from hemaflow.lib.augment import (  # noqa: F401  (moved there; imported from here too)
+    AUGMENT_SCHEMA, Augment, AugmentConfig)
+from hemaflow.lib.checkpoints import (  # noqa: F401  (moved there; imported from here too)
+    load_checkpoint, recipe_hash, report_learning_curves, save_checkpoint, write_history)
+from hemaflow.lib.tensor_data import (  # noqa: F401  (moved there; imported from here too)
+    TensorDictDataset, class_weights, dataset_labels)
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
     from hemaflow.core.component import RunContext
-
-
-class AugmentConfig(TypedDict, total=False):
-    flip: bool
-    rot90: bool
-    affine: float
-    color_jitter: float
-    blur: float
 
 
 class TrainConfig(TypedDict, total=False):
@@ -76,23 +72,6 @@ class TrainConfig(TypedDict, total=False):
     threads: int
     augment: AugmentConfig
 
-
-AUGMENT_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "description": "training-time augmentations; geometric ones move image and mask together, colour ones touch the image only",
-    "properties": {
-        "flip": {"type": "boolean", "default": True, "description": "random horizontal and vertical flips"},
-        "rot90": {"type": "boolean", "default": True, "description": "random multiples of 90 degrees (square inputs)"},
-        "affine": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.0,
-                   "description": "probability of a small random affine (rotation up to 15 deg, scale 0.9-1.1, shift up to 5%)"},
-        "color_jitter": {"type": "number", "minimum": 0, "maximum": 0.5, "default": 0.1,
-                         "description": "strength of random brightness/contrast/saturation changes (0 = off)"},
-        "blur": {"type": "number", "minimum": 0, "maximum": 1, "default": 0.0,
-                 "description": "probability of a light Gaussian blur (sigma 0.5-1.2 px)"},
-    },
-    "additionalProperties": False,
-    "default": {"flip": True, "rot90": True, "affine": 0.0, "color_jitter": 0.1, "blur": 0.0},
-}
 
 TRAIN_SCHEMA: dict[str, Any] = {
     "epochs": {"type": "integer", "minimum": 1, "default": 10, "description": "maximum training epochs"},
@@ -132,128 +111,6 @@ def train_config(params: Mapping[str, Any] | None = None, /, **overrides: Any) -
     aug.update(cfg.get("augment") or {})
     cfg["augment"] = aug
     return cfg  # type: ignore[return-value]
-
-
-# -- data --------------------------------------------------------------------------------------
-class TensorDictDataset:
-    """A map-style data set over equally long tensors/arrays; item ``i`` is ``{k: v[i]}``.
-
-    ``labels`` (the ``y`` values as an int array) is exposed so :func:`fit` can weight classes
-    without iterating the data.
-    """
-
-    def __init__(self, **columns: Any) -> None:
-        import torch
-
-        n = {len(v) for v in columns.values()}
-        if len(n) != 1:
-            raise ValueError(f"columns have different lengths {sorted(n)}")
-        self.columns = {k: v if isinstance(v, torch.Tensor) else torch.as_tensor(np.asarray(v)) for k, v in columns.items()}
-        self.n = n.pop()
-
-    @property
-    def labels(self) -> np.ndarray:
-        return self.columns["y"].numpy().astype(int)
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, i: int) -> dict[str, Any]:
-        return {k: v[i] for k, v in self.columns.items()}
-
-
-def dataset_labels(ds: Any) -> np.ndarray:
-    """Class indices of a data set: its ``labels`` attribute if any, else ``ds[i]["y"]``."""
-    labels = getattr(ds, "labels", None)
-    if labels is not None:
-        return np.asarray(labels, dtype=int)
-    return np.asarray([int(ds[i]["y"]) for i in range(len(ds))], dtype=int)
-
-
-def class_weights(labels: np.ndarray, n_classes: int) -> np.ndarray:
-    """Balanced weights ``n / (k * n_c)``; classes absent from ``labels`` get weight 0."""
-    counts = np.bincount(labels, minlength=n_classes).astype(float)
-    present = counts > 0
-    w = np.zeros(n_classes)
-    w[present] = len(labels) / (present.sum() * counts[present])
-    return w
-
-
-# -- augmentation ------------------------------------------------------------------------------
-class Augment:
-    """Random augmentation of a float image CxHxW (values 0-1) and an optional mask HxW.
-
-    Geometric transforms (flips, rot90, affine) apply identically to image and mask (nearest
-    neighbour for the mask); colour jitter and blur touch the image only. Randomness comes from
-    torch's global generator, which :func:`fit` seeds, so runs repeat exactly on CPU.
-    """
-
-    def __init__(self, cfg: AugmentConfig | None = None) -> None:
-        self.cfg = dict(AUGMENT_SCHEMA["default"])
-        self.cfg.update(cfg or {})
-
-    def __call__(self, image: "torch.Tensor", mask: "torch.Tensor | None" = None):
-        import torch
-
-        c = self.cfg
-        r = torch.rand(8).tolist()
-        if c["flip"]:
-            if r[0] < 0.5:
-                image, mask = image.flip(-1), None if mask is None else mask.flip(-1)
-            if r[1] < 0.5:
-                image, mask = image.flip(-2), None if mask is None else mask.flip(-2)
-        if c["rot90"] and image.shape[-1] == image.shape[-2]:
-            k = int(r[2] * 4) % 4
-            if k:
-                image = torch.rot90(image, k, (-2, -1))
-                mask = None if mask is None else torch.rot90(mask, k, (-2, -1))
-        if c["affine"] > 0 and r[3] < c["affine"]:
-            image, mask = _random_affine(image, mask)
-        if c["color_jitter"] > 0:
-            s = c["color_jitter"]
-            f = (torch.rand(3) * 2 - 1) * s + 1  # brightness, contrast, saturation factors
-            image = image * f[0]
-            mean = image.mean()
-            image = (image - mean) * f[1] + mean
-            grey = image.mean(0, keepdim=True)
-            image = (image - grey) * f[2] + grey
-            image = image.clamp(0, 1)
-        if c["blur"] > 0 and r[4] < c["blur"]:
-            image = _gaussian_blur(image, 0.5 + 0.7 * r[5])
-        return image.contiguous(), None if mask is None else mask.contiguous()
-
-
-def _random_affine(image: "torch.Tensor", mask: "torch.Tensor | None"):
-    import torch
-    import torch.nn.functional as F
-
-    angle = (torch.rand(()) * 2 - 1) * math.radians(15)
-    scale = 0.9 + 0.2 * torch.rand(())
-    shift = (torch.rand(2) * 2 - 1) * 0.1  # grid units are [-1, 1]: 0.1 = 5% of the side
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.tensor([[cos, -sin, shift[0]], [sin, cos, shift[1]]], dtype=torch.float32)[None]
-    grid = F.affine_grid(theta, [1, 1, *image.shape[-2:]], align_corners=False)
-    # pad with the border so smear background continues instead of black corners
-    image = F.grid_sample(image[None].float(), grid, mode="bilinear", padding_mode="border", align_corners=False)[0]
-    if mask is not None:
-        m = F.grid_sample(mask[None, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
-        mask = m[0, 0].to(mask.dtype)
-    return image, mask
-
-
-def _gaussian_blur(image: "torch.Tensor", sigma: float) -> "torch.Tensor":
-    import torch
-    import torch.nn.functional as F
-
-    radius = max(1, int(round(2 * sigma)))
-    x = torch.arange(-radius, radius + 1, dtype=torch.float32)
-    k = torch.exp(-(x**2) / (2 * sigma**2))
-    k = k / k.sum()
-    c = image.shape[0]
-    img = image[None]
-    img = F.conv2d(F.pad(img, (radius, radius, 0, 0), mode="reflect"), k.view(1, 1, 1, -1).repeat(c, 1, 1, 1), groups=c)
-    img = F.conv2d(F.pad(img, (0, 0, radius, radius), mode="reflect"), k.view(1, 1, -1, 1).repeat(c, 1, 1, 1), groups=c)
-    return img[0]
 
 
 # -- the loop ----------------------------------------------------------------------------------
@@ -555,91 +412,3 @@ def _fit(model: Any, train_data: Any, val_data: Any | None, *, forward: Callable
     return FitResult(best_state_dict=best_state, best_epoch=best_epoch, history=history, stopped_early=stopped)
 
 
-# -- checkpoints and learning curves -------------------------------------------------------------
-def recipe_hash(recipe: Mapping[str, Any] | None) -> str:
-    """Short hash of a resolved recipe (stored in checkpoints to tie weights to their recipe)."""
-    text = json.dumps(recipe or {}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def save_checkpoint(path: Path | str, state_dict: Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> Path:
-    """Write ``state_dict`` as safetensors; ``metadata`` values are stored JSON-encoded.
-
-    Callers put ``recipe_hash`` (see :func:`recipe_hash`), ``component``, ``params``,
-    ``classes`` and ``epoch`` in the metadata.
-    """
-    from safetensors.torch import save_file
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in state_dict.items()}
-    meta = {str(k): json.dumps(v, default=str) for k, v in (metadata or {}).items()}
-    save_file(tensors, str(path), metadata=meta)
-    return path
-
-
-def load_checkpoint(path: Path | str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Return ``(state_dict, metadata)`` of a checkpoint written by :func:`save_checkpoint`."""
-    from safetensors import safe_open
-
-    from hemaflow.core.errors import DataError
-
-    path = Path(path)
-    if not path.exists():
-        raise DataError(path, "checkpoint not found")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            raw = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as exc:  # safetensors raises several types for a bad file
-        raise DataError(path, f"not a readable safetensors checkpoint ({exc})") from None
-    meta = {}
-    for k, v in raw.items():
-        try:
-            meta[k] = json.loads(v)
-        except json.JSONDecodeError:
-            meta[k] = v
-    return state, meta
-
-
-def write_history(path: Path | str, histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> Path:
-    """Write per-epoch learning curves of several fits (``{"fold0": history, ...}``) to CSV
-    with a leading ``run`` column."""
-    import pandas as pd
-
-    frames = [pd.DataFrame(list(h)).assign(run=name) for name, h in histories.items() if len(h)]
-    df = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["run", "epoch"])
-    cols = ["run"] + [c for c in df.columns if c != "run"]
-    path = Path(path)
-    df[cols].to_csv(path, index=False)
-    return path
-
-
-def report_learning_curves(ctx: "RunContext", histories: Mapping[str, Sequence[Mapping[str, Any]]],
-                           title: str = "Learning curves") -> None:
-    """Add a figure (train/val loss and val balanced accuracy per epoch) to ``ctx.report``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-    for name, hist in histories.items():
-        if not hist:
-            continue
-        ep = [h["epoch"] for h in hist]
-        line, = axes[0].plot(ep, [h["train_loss"] for h in hist], label=f"{name} train")
-        if "val_loss" in hist[0]:
-            axes[0].plot(ep, [h["val_loss"] for h in hist], "--", color=line.get_color(), label=f"{name} val")
-            axes[1].plot(ep, [h["val_balanced_accuracy"] for h in hist], color=line.get_color(), label=name)
-            best = [h["epoch"] for h in hist if h.get("selected")]
-            if best:
-                b = best[-1]
-                axes[1].plot([b], [hist[b - 1]["val_balanced_accuracy"]], "o", color=line.get_color())
-    axes[0].set_xlabel("epoch")
-    axes[0].set_ylabel("loss")
-    axes[1].set_xlabel("epoch")
-    axes[1].set_ylabel("val balanced accuracy")
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    ctx.report.figure(title, fig, caption="dots: selected checkpoint (validation partition only)")
