@@ -19,8 +19,10 @@ from hemaflow.core.component import RunContext
 from hemaflow.core.errors import DataError
 from hemaflow.core.markers import hookimpl
 from hemaflow.lib import imageio as io
-from hemaflow.plugins.artifacts import ImageSet, MaskSet, Split
+from hemaflow.lib.eval_figures import confusion_figure, roc_figure
+from hemaflow.lib.instance_matching import centre_instance, label_cells, match_instances
 from hemaflow.lib.metrics import bootstrap_ci, classification_metrics, clean, dice, iou
+from hemaflow.plugins.artifacts import ImageSet, MaskSet, Split
 
 LEVELS = ("cell", "image", "patient")  # finest first
 
@@ -36,67 +38,6 @@ def _mask_has_nucleus(spec: dict[str, Any] | None) -> bool:
     if mode in ("values", "colors"):
         return bool(spec.get("nucleus"))
     return False
-
-
-# -- instances: the centre cell and matching ----------------------------------------------------
-def label_cells(foreground: np.ndarray) -> np.ndarray:
-    """Connected components (8-connected) of a boolean mask as int32 labels 1..N."""
-    from scipy import ndimage as ndi
-
-    return ndi.label(foreground, structure=np.ones((3, 3), int))[0].astype(np.int32)
-
-
-def centre_instance(labels: np.ndarray) -> int:
-    """The label of the instance under the image centre, else of the one nearest to it (0: none).
-
-    "Nearest" is the labelled pixel closest (Euclidean) to the geometric centre ``((h-1)/2,
-    (w-1)/2)``; on a tie the first in raster order wins.
-    """
-    ys, xs = np.nonzero(labels)
-    if len(ys) == 0:
-        return 0
-    h, w = labels.shape
-    i = int(np.argmin((ys - (h - 1) / 2) ** 2 + (xs - (w - 1) / 2) ** 2))
-    return int(labels[ys[i], xs[i]])
-
-
-def _consecutive(labels: np.ndarray) -> np.ndarray:
-    """Relabel instances 1..N in label order (0 stays background)."""
-    values, inverse = np.unique(labels, return_inverse=True)
-    inverse = inverse.reshape(labels.shape)
-    return inverse + 1 if values[0] != 0 else inverse
-
-
-def match_instances(truth: np.ndarray, pred: np.ndarray, threshold: float = 0.5) -> dict[str, Any]:
-    """Match true and predicted instances (int labels, 0 background) one to one by IoU.
-
-    The assignment maximises the summed IoU (Hungarian, ``scipy.optimize.linear_sum_assignment``);
-    a pair counts as a true positive when its IoU >= ``threshold`` (at 0.5 and above a match is
-    unique, so this equals the greedy matching of the Data Science Bowl 2018 and cellpose).
-
-    Returns:
-        ``n_true``, ``n_pred``, ``tp``, ``matched_dice`` (list of the Dice of each matched pair)
-        and ``ap`` = tp / (tp + fp + fn) (None when the image has no instance at all).
-    """
-    from scipy.optimize import linear_sum_assignment
-
-    t, p = _consecutive(truth), _consecutive(pred)
-    nt, npred = int(t.max()), int(p.max())
-    out: dict[str, Any] = {"n_true": nt, "n_pred": npred, "tp": 0, "matched_dice": []}
-    if nt and npred:
-        cont = np.bincount((t * (npred + 1) + p).ravel(), minlength=(nt + 1) * (npred + 1)).reshape(nt + 1, npred + 1)
-        inter = cont[1:, 1:].astype(float)
-        at, ap = cont[1:, :].sum(1).astype(float), cont[:, 1:].sum(0).astype(float)
-        iou_m = inter / (at[:, None] + ap[None, :] - inter)
-        rows, cols = linear_sum_assignment(-iou_m)
-        keep = iou_m[rows, cols] >= threshold
-        rows, cols = rows[keep], cols[keep]
-        out["tp"] = int(keep.sum())
-        out["matched_dice"] = (2 * inter[rows, cols] / (at[rows] + ap[cols])).tolist()
-    fp, fn = npred - out["tp"], nt - out["tp"]
-    denom = out["tp"] + fp + fn
-    out["ap"] = out["tp"] / denom if denom else None
-    return out
 
 
 def _score_image(args: tuple[str, str, str, dict[str, Any] | None, tuple[str, ...], str | None, float]
@@ -388,7 +329,6 @@ class SegmentationEvaluator(Evaluator):
                            pics, section=sec)
 
 
-
 # -- classification --------------------------------------------------------------------------
 def _prob_classes(preds: Predictions) -> list[str]:
     classes = preds.classes
@@ -606,55 +546,9 @@ class ClassificationEvaluator(Evaluator):
                          [{"class": c, **{k: ("–" if v is None else (round(v, 4) if isinstance(v, float) else v))
                                           for k, v in m.items()}}
                           for c, m in values[top]["per_class"].items()], section=sec)
-        ctx.report.figure("Confusion matrices", _confusion_figure(values, levels), section=sec)
+        ctx.report.figure("Confusion matrices", confusion_figure(values, levels), section=sec)
         if has_probs:
-            ctx.report.figure("ROC curves (one vs rest)", _roc_figure(per_level, levels, classes), section=sec)
-
-
-def _confusion_figure(values: dict[str, Any], levels: list[str]) -> Any:
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(3.6 * len(levels), 3.4))
-    for i, lv in enumerate(levels):
-        ax = fig.add_subplot(1, len(levels), i + 1)
-        cm = np.array(values[lv]["confusion_matrix"]["matrix"])
-        labels = values[lv]["confusion_matrix"]["labels"]
-        ax.imshow(cm, cmap="Blues")
-        for (r, c), v in np.ndenumerate(cm):
-            ax.text(c, r, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black")
-        ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right")
-        ax.set_yticks(range(len(labels)), labels)
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(f"{lv} (n={cm.sum()})")
-    fig.tight_layout()
-    return fig
-
-
-def _roc_figure(per_level: dict[str, pd.DataFrame], levels: list[str], classes: list[str]) -> Any:
-    from matplotlib.figure import Figure
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    fig = Figure(figsize=(3.8 * len(levels), 3.6))
-    for i, lv in enumerate(levels):
-        ax = fig.add_subplot(1, len(levels), i + 1)
-        t = per_level[lv]
-        y = t["y_true"].astype(str).to_numpy()
-        shown = classes[1:] if len(classes) == 2 else classes
-        for c in shown:
-            pos = y == c
-            if pos.all() or not pos.any():
-                continue
-            score = t[f"prob_{c}"].to_numpy(float)
-            fpr, tpr, _ = roc_curve(pos, score)
-            ax.plot(fpr, tpr, label=f"{c} (AUC {roc_auc_score(pos, score):.3f})")
-        ax.plot([0, 1], [0, 1], color="grey", lw=0.8, ls="--")
-        ax.set_xlabel("false positive rate")
-        ax.set_ylabel("true positive rate")
-        ax.set_title(lv)
-        ax.legend(loc="lower right", fontsize="small")
-    fig.tight_layout()
-    return fig
+            ctx.report.figure("ROC curves (one vs rest)", roc_figure(per_level, levels, classes), section=sec)
 
 
 @hookimpl

@@ -232,7 +232,7 @@ def _field():
 
 
 def test_match_instances_known_answer():
-    from hemaflow.plugins.evaluate import label_cells, match_instances
+    from hemaflow.lib.instance_matching import label_cells, match_instances
 
     truth, pred = _field()
     m = match_instances(label_cells(truth > 0), label_cells(pred > 0), 0.5)
