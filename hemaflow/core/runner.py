@@ -30,6 +30,7 @@ from hemaflow import __version__
 from hemaflow.core import atomic
 from hemaflow.core.artifacts import Artifact, Metrics, Predictions
 from hemaflow.core import filehash
+from hemaflow.core import chain as _chain
 from hemaflow.core.cache import EntryDamaged, StepCache, cache_key, default_cache_dir
 from hemaflow.core.component import RunContext, key_params
 from hemaflow.core.errors import HemaflowError, OutputError, StepError
@@ -59,6 +60,13 @@ class StepResult:
                 "outputs": {k: v.summary() for k, v in self.outputs.items()},
                 "report_dir": self.entry / "_report",
                 "report_items": ReportItems(self.entry / "_report").items}
+
+
+class _KeyOnly:
+    """A finished-to-be step's cache key, for computing the keys of a chain before it runs."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
 
 
 @dataclass
@@ -183,12 +191,15 @@ class Runner:
         cache_dir: cache root (default: :func:`default_cache_dir`).
         use_cache: False for ``--no-cache`` (neither read nor write the shared cache).
         executor: executor name overriding the recipe's (``--executor``).
+        fuse: run chains of consecutive per-item steps item by item in one executor task
+            (:mod:`hemaflow.core.chain`); None: ``HEMAFLOW_FUSE`` (default on).
     """
 
     def __init__(self, resolved: Resolved, registry: Registry, *, console: Any = None,
                  cache_dir: Path | None = None, use_cache: bool = True, executor: str | None = None,
-                 progress: bool | None = None, verbose: bool = False) -> None:
+                 progress: bool | None = None, verbose: bool = False, fuse: bool | None = None) -> None:
         self.verbose = verbose
+        self.fuse = _chain.fusion_enabled(fuse)
         self.resolved = resolved
         self.registry = registry
         self.console = console
@@ -308,7 +319,88 @@ class Runner:
                             "too[/yellow]")
             return self._cached(spec, key) or self._compute(spec, comp, key, fp, inputs)
 
-    def _compute(self, spec: StepSpec, comp: Any, key: str, fp: str | None, inputs: dict[str, Any]) -> StepResult:
+    def _context(self, spec: StepSpec, workdir: Path) -> RunContext:
+        return RunContext(step_id=spec.id, workdir=workdir, seed=self.seed, device=self.device,
+                          executor=self.executor, progress_factory=self._progress_task if self._progress else None,
+                          recipe=self.resolved.data, log=self._log if self.console is not None else None,
+                          verbose=self.verbose)
+
+    # -- fused per-item chains (hemaflow.core.chain) -------------------------------------------
+    def _chain_at(self, i: int, results: dict[str, StepResult]) -> list[tuple[StepSpec, Any, str, str | None]]:
+        """The uncached chain of per-item steps starting at step ``i`` (fewer than 2: none)."""
+        steps = self.resolved.steps
+        if not self.fuse or not _chain.is_per_item(steps[i]):
+            return []
+        specs = [steps[i]]
+        done = set(results)
+        while i + len(specs) < len(steps) and _chain.links(specs[-1], steps[i + len(specs)], done):
+            specs.append(steps[i + len(specs)])
+        if len(specs) < 2:
+            return []
+        keys: dict[str, Any] = dict(results)
+        out = []
+        for spec in specs:
+            comp = spec.cls(**spec.params)
+            try:
+                key, fp = self._key(spec, comp, keys)  # type: ignore[arg-type]
+            except Exception:
+                break  # the unfused path reports it
+            if self.cache.lookup(key) is not None:
+                break  # a cached step ends the chain (a partly cached chain: the rest fuses later)
+            keys[spec.id] = _KeyOnly(key)
+            out.append((spec, comp, key, fp))
+        return out if len(out) >= 2 else []
+
+    def _run_chain(self, chain: list[tuple[StepSpec, Any, str, str | None]],
+                   results: dict[str, StepResult]) -> list[StepResult]:
+        """Run a chain item by item in one executor task each, then commit every step's entry
+        as the unfused path would (same keys, same ``assemble``). Returns the steps' results."""
+        ids = [spec.id for spec, *_ in chain]
+        with contextlib.ExitStack() as stack:
+            for spec, _, key, _ in chain:
+                stack.enter_context(self.cache.lock(key))
+            if any(self.cache.lookup(key) is not None for *_, key, _ in chain):  # another run made one meanwhile
+                return []
+            first, comp0, key0, _ = chain[0]
+            inputs0 = {name: results[src].outputs[out] for name, (src, out) in first.inputs.items()}
+            scratch = self.cache.new_workdir(key0)
+            t0 = time.perf_counter()
+            try:
+                items = comp0.items(self._context(first, scratch), **inputs0)
+                comps = [comp for _, comp, _, _ in chain]
+                tasks = [(comps, item) for item in items]
+                with self._progress_task(f"{'+'.join(ids)} (fused)", len(tasks)) as advance:
+                    per_item = self.executor.map(_chain.run_chain_item, tasks,
+                                                 progress=advance if self._progress else None)
+            except _chain.ChainItemError as exc:
+                spec = chain[exc.args[0]][0]
+                raise StepError(spec.id, spec.uses, str(exc.args[1])) from exc
+            except HemaflowError as exc:
+                if isinstance(exc, StepError):
+                    raise
+                raise StepError(first.id, first.uses, f"fused chain {'+'.join(ids)}: {exc}") from exc
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:
+                raise StepError(first.id, first.uses,
+                                f"fused chain {'+'.join(ids)}: {type(exc).__name__}: {exc}") from exc
+            finally:
+                self.cache.discard(scratch)
+            share = (time.perf_counter() - t0) / len(chain)
+            done = []
+            for j, (spec, comp, key, fp) in enumerate(chain):
+                inputs = {name: results[src].outputs[out] for name, (src, out) in spec.inputs.items()}
+                mine = _chain.step_results(per_item, j)
+                res = self._compute(spec, comp, key, fp, inputs,
+                                    call=lambda ctx, c=comp, r=mine, inp=inputs: c.assemble(ctx, r, **inp),
+                                    extra_seconds=share, fused=ids)
+                results[spec.id] = res
+                done.append(res)
+            return done
+
+    def _compute(self, spec: StepSpec, comp: Any, key: str, fp: str | None, inputs: dict[str, Any], *,
+                 call: Callable[[RunContext], Any] | None = None, extra_seconds: float = 0.0,
+                 fused: list[str] | None = None) -> StepResult:
         workdir = self.cache.new_workdir(key)
         ctx = RunContext(step_id=spec.id, workdir=workdir, seed=self.seed, device=self.device,
                          executor=self.executor, progress_factory=self._progress_task if self._progress else None,
@@ -319,7 +411,7 @@ class Runner:
             sys.modules["torch"].manual_seed(ctx.torch_seed("torch"))
         t0 = time.perf_counter()
         try:
-            outputs = comp.run(ctx, **inputs)
+            outputs = call(ctx) if call is not None else comp.run(ctx, **inputs)
         except HemaflowError as exc:
             self.cache.discard(workdir)
             if isinstance(exc, StepError):
@@ -331,7 +423,7 @@ class Runner:
         except Exception as exc:
             self.cache.discard(workdir)
             raise StepError(spec.id, spec.uses, f"{type(exc).__name__}: {exc}") from exc
-        seconds = time.perf_counter() - t0
+        seconds = time.perf_counter() - t0 + extra_seconds
         outputs = self._check_outputs(spec, outputs, workdir)
         info = {"component": spec.uses, "step": spec.id, "version": spec.cls.version, "params": spec.params, "key": key,
                 "seconds": seconds, "warnings": ctx.warnings, "fingerprint": fp,
@@ -347,6 +439,8 @@ class Runner:
                          self._load_outputs(key), [damaged] * bool(damaged) + list(ctx.warnings))
         res.fingerprint = fp  # type: ignore[attr-defined]
         res.ran_seconds = seconds  # type: ignore[attr-defined]
+        if fused:
+            res.fused = list(fused)  # type: ignore[attr-defined]
         return res
 
     def _check_outputs(self, spec: StepSpec, outputs: Any, workdir: Path) -> dict[str, Artifact]:
@@ -410,17 +504,32 @@ class Runner:
                     f"cache {'off' if not self.use_cache else self.cache.root})")
         try:
             with progress_cm:
-                for spec in self.resolved.steps:
-                    res = self._run_step(spec, results)
-                    results[spec.id] = res
-                    how = "[cyan]cached[/cyan]" if res.cached else f"ran {res.seconds:6.1f} s"
-                    outs = "; ".join(a.summary() for a in res.outputs.values())
-                    warn = f"  [yellow]{len(res.warnings)} warning(s)[/yellow]" if res.warnings else ""
-                    self._print(f"  [green]✓[/green] {spec.id:<14} {spec.uses:<20} {how}  {outs}{warn}")
+                steps, i = self.resolved.steps, 0
+                while i < len(steps):
+                    chain = self._chain_at(i, results)
+                    ran = self._run_chain(chain, results) if chain else []
+                    if not ran:
+                        ran = [self._run_step(steps[i], results)]
+                    i += len(ran)
+                    for res in ran:
+                        self._summary(res)
+                        results[res.id] = res
         except (StepError, KeyboardInterrupt) as exc:
             failure = exc
         finally:
             self.executor.close()
+        return self._finish(run_dir, results, started, t0, failure)
+
+    def _summary(self, res: StepResult) -> None:
+        how = "[cyan]cached[/cyan]" if res.cached else f"ran {res.seconds:6.1f} s"
+        if getattr(res, "fused", None):
+            how += " (fused)"
+        outs = "; ".join(a.summary() for a in res.outputs.values())
+        warn = f"  [yellow]{len(res.warnings)} warning(s)[/yellow]" if res.warnings else ""
+        self._print(f"  [green]✓[/green] {res.id:<14} {res.uses:<20} {how}  {outs}{warn}")
+
+    def _finish(self, run_dir: Path, results: dict[str, StepResult], started: dt.datetime, t0: float,
+                failure: BaseException | None) -> RunOutcome:
         seconds = time.perf_counter() - t0
         try:
             metrics = self._write_outputs(run_dir, results, started, seconds, failure)
@@ -545,6 +654,7 @@ class Runner:
                        "cache_hit": r.cached, "seconds": round(r.seconds, 3),
                        "original_seconds": round(getattr(r, "ran_seconds", r.seconds) or 0.0, 3),
                        "warnings": r.warnings,
+                       **({"fused": r.fused} if getattr(r, "fused", None) else {}),
                        "metrics": self._metrics_keys.get(r.id, [])}
                       for r in results.values()],
         }
