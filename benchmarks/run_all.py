@@ -14,6 +14,8 @@ Sections (each runs in its own Python process, so its imports and its peak RSS a
   ``hemaflow validate`` as its own process: the cached-rerun share is cached / fresh wall time.
 * ``engine``: ``bench_segment.py throughput`` (real BCCD fields, 1 torch thread): the components'
   time over a plain loop calling the same library functions.
+* ``fused``: ``bench_chain.py`` (synthetic arrays, 3 per-image steps): the Runner's whole run
+  (less the source step) with the chain fused and unfused, over a plain loop writing the same files.
 * ``executors``: the classical segmentation worker over the same fields with ``serial``,
   ``processes`` (2 workers), ``dask`` (a local cluster of 2 workers, cold = including starting
   it, warm = a second map on it) and a plain ``multiprocessing.Pool(2).map``: speedups over
@@ -318,7 +320,15 @@ def run_cells_rss(p: dict[str, Any]) -> dict[str, Any]:
             "rows": len(feats.table), "load": load()}
 
 
-SECTIONS = {"chain": run_chain, "engine": run_engine, "executors": run_executors,
+def run_fused(p: dict[str, Any]) -> dict[str, Any]:
+    """bench_chain.py: a per-image chain through the Runner fused and unfused, over a plain loop."""
+    sys.path.insert(0, str(BENCH))
+    import bench_chain
+
+    return dict(bench_chain.bench(p["n"], p["size"], p["repeat"]), load=load())
+
+
+SECTIONS = {"chain": run_chain, "engine": run_engine, "fused": run_fused, "executors": run_executors,
             "single_cells": run_single_cells, "cells_rss": run_cells_rss}
 
 
@@ -368,6 +378,10 @@ def suite(args: argparse.Namespace) -> dict[str, Any]:
                 report["engine"] = section_process("engine", {"n": 10 if quick else 40}, env)
             else:
                 report["engine"] = {"skipped": "needs the real BCCD fields"}
+        if "fused" in only:
+            print("== fused per-image chain / plain loop ...", flush=True)
+            report["fused"] = section_process("fused", {"n": 10 if quick else 40, "size": 256 if quick else 512,
+                                                        "repeat": 2 if quick else 3}, env)
         if "executors" in only:
             print("== executors ...", flush=True)
             report["executors"] = section_process("executors", {
@@ -433,6 +447,15 @@ def table(report: dict[str, Any]) -> str:
                 f"{eng['plain_images_per_s']} | {eng['components_images_per_s']}")
         else:
             add("engine", "-", "skipped/error", eng.get("skipped") or eng.get("error", "")[-80:])
+    fu = report.get("fused")
+    if fu:
+        if "ratio_fused_to_plain" in fu:
+            row = f"{fu['n_images']} x {fu['size']} px, 3 steps"
+            add("fused chain", row, "fused run / plain loop", fu["ratio_fused_to_plain"])
+            add("fused chain", "", "unfused run / plain loop", fu["ratio_unfused_to_plain"])
+            add("fused chain", "", "s plain | fused | unfused", f"{fu['plain_s']} | {fu['fused_s']} | {fu['unfused_s']}")
+        else:
+            add("fused chain", "-", "error", fu.get("error", "")[-80:])
     ex = report.get("executors")
     if ex:
         if "seconds" in ex:
