@@ -223,3 +223,53 @@ def test_a_failing_item_names_its_step(tmp_path, monkeypatch):
     monkeypatch.undo()
     _, prov = run(tmp_path, tmp_path / "c", "y", fuse=True)
     assert [s["cache_hit"] for s in prov["steps"]] == [True, False, False, False]
+
+
+_count_item = Count.run_item
+
+
+def slow_count_item(self, item):
+    """Count.run_item that waits on the 3rd image when T_FUSED_HANG is set (to kill the run there)."""
+    import os
+    import time
+
+    if item[0] == "im2" and os.environ.get("T_FUSED_HANG"):
+        Path(os.environ["T_FUSED_HANG"]).write_text("hanging")
+        time.sleep(60)
+    return _count_item(self, item)
+
+
+KILL_SCRIPT = """
+import sys
+from pathlib import Path
+import tests.core.test_fused_chain as t
+t.Count.run_item = t.slow_count_item
+t.run(Path(sys.argv[1]), Path(sys.argv[2]), "killed", fuse=True)
+"""
+
+
+def test_resume_after_a_killed_fused_run(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    flag = tmp_path / "hanging"
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, T_FUSED_HANG=str(flag), PYTHONPATH=str(root))
+    proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(tmp_path), str(tmp_path / "c")], env=env,
+                            cwd=root, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while not flag.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert flag.exists(), "the fused run never reached the chain"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    out, prov = run(tmp_path, tmp_path / "c", "resumed", fuse=True)
+    assert [s["cache_hit"] for s in prov["steps"]] == [True, False, False, False]
+    ref, _ = run(tmp_path, tmp_path / "c2", "ref", fuse=False)
+    assert [s.key for s in ref.steps] == [s.key for s in out.steps]
+    assert [artifact_bytes(s) for s in ref.steps] == [artifact_bytes(s) for s in out.steps]
