@@ -9,7 +9,8 @@ Three per-item steps (smooth -> threshold + label -> per-object areas, scipy.ndi
 * unfused: the real Runner with ``fuse=False`` (each step reads its input back from the cache).
 
 The ratios are (wall time of the Runner's run, less the source step's time: cache keys,
-commits, manifests, run directory, provenance and report included) / (plain loop time). Serial executor, one thread. Run::
+commits, manifests, run directory, provenance and report included) / (plain loop time).
+Serial executor, one thread. Run::
 
     python benchmarks/bench_chain.py --n 40 --size 512
 """
