@@ -8,5 +8,8 @@ Nothing here is a component or registers anything; each module is named for what
 * :mod:`~hemaflow.lib.training`: the one training loop, checkpoints and learning curves;
 * :mod:`~hemaflow.lib.metrics`: classification and segmentation metrics, bootstrap intervals;
 * :mod:`~hemaflow.lib.radiomics`: the PyRadiomics glue (parameters, extraction, workers);
-* :mod:`~hemaflow.lib.smear_generator`: the synthetic blood-smear generator.
+* :mod:`~hemaflow.lib.smear_generator` (and :mod:`~hemaflow.lib.smear_cells`): the synthetic blood-smear generator;
+* :mod:`~hemaflow.lib.stain`: stain normalization (torchstain wrappers, checks);
+* augment, tensor_data, checkpoints (the training loop's parts), instance_matching, eval_figures,
+  on_error: see docs/engine.md, "Layout".
 """
