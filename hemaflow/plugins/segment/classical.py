@@ -212,6 +212,14 @@ class ClassicalSegmenter(Segmenter):
     inputs = {"images": "ImageSet"}
     outputs = {"masks": "MaskSet"}
 
+    def cache_params(self) -> dict[str, Any]:
+        """All parameters, except ``nucleus_split`` when off: with it off the output is that of
+        version 4 before the option existed, so those runs keep their cache keys."""
+        params = dict(self.params)
+        if not params.get("nucleus_split"):
+            params.pop("nucleus_split", None)
+        return params
+
     def seg_params(self) -> dict[str, Any]:
         """Keyword arguments of :func:`adaptive_mask` or :func:`classical_mask`, plus ``algorithm``."""
         p = self.params
