@@ -319,6 +319,16 @@ def export_bundle(run_dir: Path, out: Path, fold: int | None = None) -> Path:
                 expects["target_um_per_px"] = spec.params["target_um_per_px"]
         if data_id is None:
             raise DataError(run_dir, "the MIL step does not descend from a data set step")
+        # the stain check: raw (un-normalized) colour of the training cohort's images, per patient
+        from hemaflow.lib.stain_stats import stain_reference
+        from hemaflow.plugins.mil.apply import OOD_FACTOR
+
+        train_images = outputs(data_id)["images"]
+        stain_ref = stain_reference(train_images, sorted(train_images.table["patient_id"].astype(str).unique()),
+                                    OOD_FACTOR)
+        if stain_ref:
+            info_parts[mil_id]["stain_ood"] = stain_ref
+            steps[mil_id]["inputs"]["images"] = f"{data_id}.images"
         recipe = {"name": f"{resolved.name}-bundle", "seed": resolved.data.get("seed", 0),
                   "device": resolved.data.get("device", "auto"), "data_step": data_id,
                   "training_data": {"uses": specs[data_id].uses, "with": specs[data_id].params},

@@ -159,12 +159,41 @@ def test_new_patients_run_and_a_shifted_cohort_is_warned(headline, tmp_path):
     p_dark = pd.read_csv(tmp_path / "dark-run" / "predictions.csv")
     assert p_dark["ood_warning"].sum() >= 6 and p_dark["ood_score"].median() > 2 * p_new["ood_score"].median()
     prov = json.loads((tmp_path / "dark-run" / "provenance.json").read_text())
-    warned = [w for s in prov["steps"] for w in s["warnings"] if "out of distribution" in w]
-    assert len(warned) == p_dark["ood_warning"].sum()
+    warned = {w.split("'")[1] for s in prov["steps"] for w in s["warnings"] if "out of distribution" in w}
+    assert len(warned) == p_dark["ood_warning"].sum()  # a patient may be warned by features and by stain
     groups = {n: json.loads((tmp_path / n / "metrics.json").read_text())["bundle"] for n in ("new", "dark-run")}
     assert groups["dark-run"]["cohort_shift"] and not groups["new"]["cohort_shift"]
     assert any("as a group are far from the bundle's training cohort" in w for s in prov["steps"] for w in s["warnings"])
     assert "patients above the threshold" in (tmp_path / "dark-run" / "report.html").read_text()
+
+
+def test_a_stain_shifted_cohort_is_warned_by_the_raw_stain_check(headline, tmp_path):
+    """The generator's lab-to-lab stain shift (sites: 3, stain_variation: 3) is normalized away before
+    the features, so the feature OOD score misses it; the raw-image stain check (before normalization)
+    must flag most of those patients, and none of the training patients themselves."""
+    info = json.loads((headline / "model.hfb" / "bundle.json").read_text())
+    stain = info["parts"]["mil"]["stain_ood"]
+    assert stain["n_reference_patients"] == 12 and stain["threshold"] == pytest.approx(1.25 * stain["reference_max"])
+    own = tmp_path / "own.yaml"
+    own.write_text("uses: synthetic_smears\nwith: {classes: [AML, NORMAL], patients_per_class: 6, "
+                   "images_per_patient: 2, image_size: 128}\n")
+    assert main(["predict", str(headline / "model.hfb"), str(own), "--out", str(tmp_path / "own")]) == 0
+    p_own = pd.read_csv(tmp_path / "own" / "predictions.csv")
+    assert not p_own["stain_warning"].any() and p_own["stain_score"].max() <= stain["reference_max"] + 1e-6
+    shifted = tmp_path / "shifted.yaml"
+    shifted.write_text("uses: synthetic_smears\nwith: {classes: [AML, NORMAL], patients_per_class: 6, "
+                       "images_per_patient: 2, image_size: 128, seed: 5, sites: 3, stain_variation: 3}\n")
+    assert main(["predict", str(headline / "model.hfb"), str(shifted), "--out", str(tmp_path / "shifted")]) == 0
+    p_sh = pd.read_csv(tmp_path / "shifted" / "predictions.csv")
+    assert p_sh["stain_warning"].sum() >= 5 and p_sh["ood_warning"].sum() > len(p_sh) / 2  # measured: 6 and 7 of 12
+    prov = json.loads((tmp_path / "shifted" / "provenance.json").read_text())
+    warned = [w for s in prov["steps"] for w in s["warnings"] if "out of distribution by stain" in w]
+    assert len(warned) == p_sh["stain_warning"].sum()
+    assert json.loads((tmp_path / "shifted" / "metrics.json").read_text())["bundle"]["cohort_shift"]
+    assert "Stain check (raw images, before normalization)" in (tmp_path / "shifted" / "report.html").read_text()
+    print("stain-flagged: own", int(p_own["stain_warning"].sum()), "/", len(p_own), "; shifted",
+          int(p_sh["stain_warning"].sum()), "/", len(p_sh), "; feature OOD on shifted",
+          int((p_sh["ood_score"] > info["parts"]["mil"]["ood"]["threshold"]).sum()))
 
 
 def test_zip_bundle_and_the_checks(headline, tmp_path, capsys):

@@ -201,11 +201,13 @@ class ApplyBundle(MILModel):
     Every patient of the instance inputs is predicted with the stored scaler, PCA and network
     (or baseline coefficients); ``predictions`` carry the probabilities, ``ood_score`` and
     ``ood_warning``, ``attention`` the score of every cell. A patient whose pooled features are
-    far from the training patients' (score above the bundle's threshold) is a recorded warning.
+    far from the training patients' (score above the bundle's threshold) is a recorded warning;
+    so is one whose raw images' stain (``images``, before normalization: :mod:`hemaflow.lib.stain_stats`)
+    is far from the training patients' (``stain_score``, ``stain_warning``; ``ood_warning`` is either).
     """
 
     name = "apply_bundle"
-    version = "1"
+    version = "2"
     schema = {
         "type": "object",
         "properties": {
@@ -224,7 +226,7 @@ class ApplyBundle(MILModel):
         },
         "additionalProperties": False,
     }
-    inputs = {"embeddings": "FeatureTable?", "features": "FeatureTable?", "cells": "CellSet?"}
+    inputs = {"embeddings": "FeatureTable?", "features": "FeatureTable?", "cells": "CellSet?", "images": "ImageSet?"}
     outputs = {"predictions": "Predictions", "attention": "Table", "metrics": "Metrics"}
 
     def check_params(self) -> list[tuple[str, str]]:
@@ -235,7 +237,7 @@ class ApplyBundle(MILModel):
             return [("/bundle", f"{b}: bundle folder not found")]
         return []
 
-    def run(self, ctx: RunContext, embeddings=None, features=None, cells=None) -> dict[str, Any]:
+    def run(self, ctx: RunContext, embeddings=None, features=None, cells=None, images=None) -> dict[str, Any]:
         import torch
         from threadpoolctl import threadpool_limits
 
@@ -243,11 +245,11 @@ class ApplyBundle(MILModel):
         torch.set_num_threads(1)  # as in training: the same kernels, the same numbers
         try:
             with threadpool_limits(limits=1):
-                return self._run(ctx, embeddings, features, cells)
+                return self._run(ctx, embeddings, features, cells, images)
         finally:
             torch.set_num_threads(threads)
 
-    def _run(self, ctx: RunContext, embeddings, features, cells) -> dict[str, Any]:
+    def _run(self, ctx: RunContext, embeddings, features, cells, images=None) -> dict[str, Any]:
         import warnings
 
         from hemaflow.core.bundle import BundleVersionWarning, load_bundle
@@ -280,6 +282,13 @@ class ApplyBundle(MILModel):
         thr = self.params["ood_threshold"]
         thr = float(part["ood"]["threshold"] if thr is None else thr)
         scores_ood = ood_scores(bag_means(x, bags, patients), st["ood_mean"], st["ood_sd"])
+        stain_ref = part.get("stain_ood") or {}
+        scores_stain = np.full(len(patients), np.nan)
+        if images is not None and stain_ref:
+            from hemaflow.lib.stain_stats import patient_stain_rows, stain_scores
+
+            scores_stain = stain_scores(patient_stain_rows(images, patients), np.asarray(stain_ref["mean"]),
+                                        np.asarray(stain_ref["sd"]))
         fold = int(part["fold"])
         if part["kind"] == "pooled_baseline":
             probs_all, att_scores = self._baseline(st, x, bags, patients, part, classes)
@@ -292,10 +301,19 @@ class ApplyBundle(MILModel):
             row = {"id": q, "level": "patient", "fold": fold, "y_true": y if y in classes else "",
                    "y_pred": classes[int(np.argmax(pr))], "n_instances": len(bags[q]),
                    "ood_score": float(scores_ood[i]), "ood_warning": bool(scores_ood[i] > thr)}
+            stain_warn = bool(stain_ref and scores_stain[i] > stain_ref["threshold"])
+            if stain_ref:
+                row.update(stain_score=float(scores_stain[i]), stain_warning=stain_warn)
+            if stain_warn:
+                ctx.warn(f"patient {q!r}: out of distribution by stain (stain score {scores_stain[i]:.2f} > "
+                         f"{stain_ref['threshold']:.2f}: its raw images' colour is far from the bundle's training "
+                         f"patients', before normalization); check the stain and scanner before trusting it")
+            row["ood_warning"] = row["ood_warning"] or stain_warn
             row.update({f"prob_{c}": float(v) for c, v in zip(classes, pr)})
             pred_rows.append(row)
             if row["ood_warning"]:
                 flagged.append(q)
+            if scores_ood[i] > thr:
                 ctx.warn(f"patient {q!r}: out of distribution (OOD score {scores_ood[i]:.2f} > {thr:.2f}: its "
                          f"pooled cell features are far from the bundle's training patients); do not trust "
                          f"this prediction without checking the stain, scale and image quality")
@@ -313,6 +331,9 @@ class ApplyBundle(MILModel):
         ref_median = float(part["ood"]["reference_median"])
         cohort_median = float(np.median(scores_ood))
         cohort_shift = bool(len(patients) >= COHORT_MIN and cohort_median > COHORT_FACTOR * ref_median)
+        stain_median = float(np.nanmedian(scores_stain)) if np.isfinite(scores_stain).any() else None
+        if stain_median is not None and len(patients) >= COHORT_MIN:
+            cohort_shift = cohort_shift or stain_median > COHORT_FACTOR * stain_ref["reference_median"]
         if cohort_shift:
             ctx.warn(f"these {len(patients)} patients as a group are far from the bundle's training cohort: median "
                      f"OOD score {cohort_median:.2f} > {COHORT_FACTOR} x the training cohort's median "
@@ -327,6 +348,7 @@ class ApplyBundle(MILModel):
         m = {"bundle": {"fold": fold, "component": part["component"], "n_patients": len(patients),
                         "n_instances": int(len(table)), "ood_threshold": thr, "ood_flagged": flagged,
                         "ood_median": cohort_median, "ood_reference_median": ref_median, "cohort_shift": cohort_shift,
+                        "stain_median": stain_median,
                         "source_run": b.info.get("source_run")}}
         metrics = Metrics(mdir, m, {"exported_files": ["attention.csv"]}).save()
         self._report(ctx, b, part, pred_df, att_df, cells, thr, flagged, cohort_shift)
@@ -375,7 +397,7 @@ class ApplyBundle(MILModel):
                         f"({part['component']}, trained with hemaflow {b.info.get('hemaflow')}); "
                         f"{len(pred_df)} patients predicted, nothing refitted.", section=section)
         cols = ["id", "y_pred", *[c for c in pred_df.columns if c.startswith("prob_")], "n_instances", "ood_score",
-                "ood_warning"]
+                *[c for c in ("stain_score", "stain_warning") if c in pred_df.columns], "ood_warning"]
         ctx.report.table("Predictions (OOD: out-of-distribution warning)",
                          pred_df[cols].round(4).to_dict("records"), section=section)
         head = (f"{len(flagged)} of {len(pred_df)} patients above the threshold {thr:.2f}: " + ", ".join(flagged)
@@ -387,6 +409,14 @@ class ApplyBundle(MILModel):
                         f"{pred_df['ood_score'].median():.2f}"
                         + (f", above {COHORT_FACTOR} x the training median: the group is warned as shifted"
                            if cohort_shift else "") + f"). Score: {ood['score']}.", section=section)
+        stain = part.get("stain_ood") or {}
+        if "stain_score" in pred_df.columns and stain:
+            n_stain = int(pred_df["stain_warning"].sum())
+            ctx.report.text("Stain check (raw images, before normalization)",
+                            f"{n_stain} of {len(pred_df)} patients above the stain threshold {stain['threshold']:.2f} "
+                            f"(training cohort: {stain['n_reference_patients']} patients, median "
+                            f"{stain['reference_median']:.2f}, max {stain['reference_max']:.2f}; these patients: "
+                            f"median {pred_df['stain_score'].median():.2f}). Score: {stain['score']}.", section=section)
         n_show, k = int(self.params["gallery_patients"]), int(self.params["top_k"])
         if cells is None or n_show == 0 or "crop_index" not in att_df.columns:
             return
