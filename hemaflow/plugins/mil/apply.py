@@ -400,8 +400,9 @@ class ApplyBundle(MILModel):
                 *[c for c in ("stain_score", "stain_warning") if c in pred_df.columns], "ood_warning"]
         ctx.report.table("Predictions (OOD: out-of-distribution warning)",
                          pred_df[cols].round(4).to_dict("records"), section=section)
-        head = (f"{len(flagged)} of {len(pred_df)} patients above the threshold {thr:.2f}: " + ", ".join(flagged)
-                if flagged else f"no patient above the threshold {thr:.2f}")
+        above = [str(q) for q in pred_df.loc[pred_df["ood_score"] > thr, "id"]]  # the feature score's own (stain: below)
+        head = (f"{len(above)} of {len(pred_df)} patients above the threshold {thr:.2f}: " + ", ".join(above)
+                if above else f"no patient above the threshold {thr:.2f}")
         ood = part["ood"]
         ctx.report.text("Out-of-distribution check",
                         f"{head} (training cohort: {ood['n_reference_patients']} patients, median "
