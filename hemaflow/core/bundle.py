@@ -2,7 +2,8 @@
 
 ``hemaflow export RUN_DIR --out model.hfb [--fold K]`` collects, from the run's cache entries
 (``provenance.json`` names each step's cache key), every part the inference path of fold ``K``
-fitted; ``hemaflow predict BUNDLE DATA --out DIR`` runs that path on new patients through the
+fitted (default: the refit fold when the recipe's split has ``refit: true``, a model of every
+training patient for the folds' validation-chosen epochs; else the first fold); ``hemaflow predict BUNDLE DATA --out DIR`` runs that path on new patients through the
 normal :class:`~hemaflow.core.runner.Runner`, on a recipe generated from the bundle in which
 each fitted step reads its stored state instead of fitting (docs/bundles.md)::
 
@@ -240,9 +241,13 @@ def export_bundle(run_dir: Path, out: Path, fold: int | None = None) -> Path:
     mil_spec = specs[mil_id]
     model_meta = outputs(mil_id)["model"].meta
     folds = [int(f) for f in model_meta.get("folds", [])]
-    fold = folds[0] if fold is None and folds else fold
+    refit_fold = model_meta.get("refit_fold")
+    if fold is None and folds:
+        fold = int(refit_fold) if refit_fold is not None else folds[0]
     if fold not in folds:
-        raise UsageError(f"--fold {fold}: the run's MIL step trained folds {folds}")
+        raise UsageError(f"--fold {fold}: the run's MIL step trained folds {folds}"
+                         + (f" ({refit_fold} is the refit)" if refit_fold is not None else ""))
+    is_refit = refit_fold is not None and fold == int(refit_fold)
 
     tmp = Path(tempfile.mkdtemp(prefix=".hfb-", dir=out.parent if out.parent.exists() else None))
     try:
@@ -338,7 +343,8 @@ def export_bundle(run_dir: Path, out: Path, fold: int | None = None) -> Path:
         info = {"format": FORMAT, "format_version": FORMAT_VERSION, "hemaflow": hemaflow.__version__,
                 "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                 "source_run": str(run_dir.resolve()), "recipe": resolved.name, "fold": fold,
-                "refit": "not implemented (the bundle carries the fold's own fitted parts)",
+                "refit": is_refit,
+                **({"refit_info": model_meta.get("refit")} if is_refit else {}),
                 "classes": mil_part["classes"], "decision_rule": mil_part["decision_rule"],
                 "mil_step": mil_id, "components": components, "versions": prov.get("versions", {}),
                 "training_data": {"step": data_id, "component": specs[data_id].uses,
@@ -384,13 +390,25 @@ def _fmt_metric(sec: dict[str, Any], key: str) -> str:
 def model_card(info: dict[str, Any], metrics: dict[str, Any], mil: dict[str, Any]) -> str:
     """The bundle's model card (Markdown): data, metrics with CIs, intended use, cohorts."""
     td = info["training_data"]
-    lines = [f"# Model card: {info['recipe']}, fold {info['fold']}", "",
+    refit = info.get("refit") is True
+    what = f"fold {info['fold']} (refit)" if refit else f"fold {info['fold']}"
+    if refit:
+        r = info.get("refit_info") or {}
+        fitted = (f"- Refit (fold {info['fold']}): fitted on {r.get('train', '?')} training patients (every patient "
+                  f"some fold of the run trained or validated on; never a patient that was test in every fold), for "
+                  f"{r.get('epochs', 'the')} epochs, the median of the folds' validation-chosen epochs "
+                  f"{r.get('chosen_epochs', '')}. No patient was held out from it: the metrics below are the folds' "
+                  f"estimate of it, not its own.")
+    else:
+        fitted = (f"- Fitted parts of fold {info['fold']} only (trained on that fold's training patients, early "
+                  f"stopping on its validation patients); not a refit on all training patients (set `refit: true` on "
+                  f"the recipe's split for one).")
+    lines = [f"# Model card: {info['recipe']}, {what}", "",
              f"hemaflow {info['hemaflow']}; exported {info['created']} from `{info['source_run']}`.", "",
              "## Model", "",
              f"- MIL step `{info['mil_step']}`: `{mil['component']}` (version {mil['version']}); classes, in order: "
              f"{', '.join(mil['classes'])}; decision: {mil['decision_rule']}.",
-             f"- Fitted parts of fold {info['fold']} only (trained on that fold's training patients, early stopping "
-             f"on its validation patients); a refit on all patients: {info['refit']}.",
+             fitted,
              "- Steps of the training run on the inference path (the splitter is dropped when applied): "
              + " -> ".join(f"{k} ({v['component']} v{v['version']})" for k, v in info["components"].items()), "",
              "## Training data", "",
@@ -563,7 +581,9 @@ def add_parsers(sub: Any) -> None:
     e = sub.add_parser("export", help="write a finished run's fitted inference path as a bundle (folder or .zip)")
     e.add_argument("run_dir", metavar="RUN_DIR")
     e.add_argument("--out", required=True, metavar="BUNDLE", help="bundle folder (e.g. model.hfb) or a .zip")
-    e.add_argument("--fold", type=int, default=None, help="fold whose fitted parts to export (default: the first)")
+    e.add_argument("--fold", type=int, default=None,
+                   help="fold whose fitted parts to export (default: the refit fold when the split has refit: true, "
+                        "else the first)")
     e.set_defaults(func=cmd_export)
     p = sub.add_parser("predict", help="apply a bundle to new patients (a folder of patients or a data step YAML)")
     p.add_argument("bundle", metavar="BUNDLE")

@@ -238,7 +238,9 @@ class FeatureTable(TableArtifact):
 
 class Split(TableArtifact):
     """Patient-level partitions: one row per (fold, patient) with ``partition`` in
-    ``train``/``val``/``test``. Meta: ``kind``, ``n_folds``, ``hash``, ``patients_are_images``.
+    ``train``/``val``/``test``. Meta: ``kind``, ``n_folds``, ``hash``, ``patients_are_images``,
+    and ``refit_fold`` when the splitter has ``refit: true`` (a fold beyond the table: its
+    ``train`` patients are every patient some fold trains or validates on; no val, no test).
     """
 
     type_name = "Split"
@@ -249,7 +251,21 @@ class Split(TableArtifact):
 
     def patients(self, fold: int, partition: str) -> set[str]:
         t = self.table
+        if fold == self.refit_fold():
+            if partition != "train":
+                return set()
+            return set(t.loc[t["partition"].isin(("train", "val")), "patient_id"].astype(str))
         return set(t.loc[(t["fold"] == fold) & (t["partition"] == partition), "patient_id"].astype(str))
+
+    def refit_fold(self) -> int | None:
+        """The refit fold's number (``refit: true``), else None."""
+        f = self.meta.get("refit_fold")
+        return None if f is None else int(f)
+
+    def fit_folds(self) -> list[int]:
+        """The folds a model is fitted on: :meth:`folds`, then the refit fold if there is one."""
+        refit = self.refit_fold()
+        return self.folds() + ([refit] if refit is not None else [])
 
     def check(self) -> None:
         super().check()

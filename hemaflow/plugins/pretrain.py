@@ -15,7 +15,9 @@ backbone can be pre-trained *inside each training fold only*:
 Test patients' cells are never seen during pre-training of the fold that predicts them, so the
 embeddings are per fold: the output FeatureTable has a ``fold`` column (``-1`` for ``none``,
 the same embeddings for every fold). The encoder checkpoints are saved in the ``model`` output;
-the step is cached, so every aggregator ablation downstream reuses them.
+the step is cached, so every aggregator ablation downstream reuses them. A split with
+``refit: true`` adds its refit fold: pre-trained on every training and validation patient for
+the median of the folds' chosen epochs (``weak``) or the same epochs (``simclr``).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from hemaflow.core.component import RunContext
 from hemaflow.core.errors import DataError
 from hemaflow.core.markers import hookimpl
 from hemaflow.lib.backbones import create_backbone  # noqa: F401  (the one factory; imported from here too)
+from hemaflow.plugins.splits import refit_epochs
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -367,7 +370,8 @@ class InstanceEncoder(FeatureExtractor):
         crops = np.asarray(crops_all[t["crop_index"].to_numpy(np.int64)]) if len(t) else np.zeros((0, 8, 8, 3), np.uint8)
         classes = cells.classes or sorted(str(v) for v in t["label"].dropna().unique())
         model_dir = ctx.out_dir("model")
-        folds = [-1] if mode == "none" else split.folds()
+        folds = [-1] if mode == "none" else split.fit_folds()
+        refit = None if mode == "none" else split.refit_fold()
         frames, fold_meta = [], []
         ids = t[["cell_id", "image_id", "patient_id", "label"]].astype(str)
         pid = ids["patient_id"].to_numpy()
@@ -389,10 +393,14 @@ class InstanceEncoder(FeatureExtractor):
                 if mode == "weak" and y is None:
                     raise DataError(cells.path, "pretrain: weak needs a label (in classes) on every cell")
                 y = y.astype(np.int64) if y is not None else None
+                fold_p = p
+                if fold == refit:  # every training patient, no validation: the folds' chosen epochs
+                    fold_p = dict(p, epochs=refit_epochs([m["best_epoch"] for m in fold_meta]))
+                    info.update(refit=True, epochs=fold_p["epochs"])
                 res = pretrain_fold(backbone, crops[tr], y[tr] if y is not None else None, crops[va],
-                                    y[va] if y is not None else None, mode, p, ctx.torch_seed("pretrain", fold),
-                                    len(classes), ctx=ctx, name=f"fold{fold}")
-                info.update(best_loss=res["best_loss"], history=res["history"])
+                                    y[va] if y is not None else None, mode, fold_p, ctx.torch_seed("pretrain", fold),
+                                    len(classes), ctx=ctx, name="refit" if fold == refit else f"fold{fold}")
+                info.update(best_loss=res["best_loss"], history=res["history"], best_epoch=res["best_epoch"])
             save_file({k: v.contiguous() for k, v in backbone.state_dict().items()},
                       str(model_dir / ("encoder.safetensors" if fold < 0 else f"fold{fold}.safetensors")))
             emb = embed(backbone, crops, int(p["image_size"]), int(p["batch_size"]))
@@ -410,8 +418,8 @@ class InstanceEncoder(FeatureExtractor):
         model = Model(model_dir, {"component": self.name, "backbone": p["backbone"], "pretrain": mode,
                                   "image_size": p["image_size"], "folds": fold_meta, "classes": classes}).save()
         if mode != "none":
-            rows = [{"fold": m["fold"], "epochs": len(m["history"]), "best loss": round(m["best_loss"], 4)}
-                    for m in fold_meta]
+            rows = [{"fold": f"{m['fold']} (refit)" if m.get("refit") else m["fold"], "epochs": len(m["history"]),
+                     "best loss": round(m["best_loss"], 4)} for m in fold_meta]
             ctx.report.table(f"instance encoder pre-training ({mode}, {p['backbone']})", rows, section="MIL")
         return {"embeddings": out, "model": model}
 

@@ -11,6 +11,15 @@ patient is in two partitions of one fold; a violation is a :class:`DataError` na
 When the data set has no patient ids (``meta["patients_are_images"]``, e.g. the real sets in
 ``../shared/data``), each image is its own patient; the Split's meta and the report say so, as
 patient-level numbers are then image-level numbers.
+
+Refit (``refit: true``, every splitter): besides its folds, the Split names one more fold
+(``meta["refit_fold"]``, one past the last) whose training partition is every patient that some
+fold trains or validates on; it has no validation and no test patient. Components that support
+it (``instance_encoder``, the MIL aggregators, ``mil_baseline``) fit one more model on it after
+the folds, for the epochs the folds chose on their validation patients (their median), so
+``hemaflow export`` can ship a model of all the training data. A patient that is a test patient
+in every fold (an external cohort of ``column_split``) is never part of it. ``folds()`` and the
+evaluation are unchanged: the refit fold predicts nobody.
 """
 
 from __future__ import annotations
@@ -31,6 +40,10 @@ SEED = {"type": ["integer", "null"], "minimum": 0, "default": None,
 VAL_FRACTION = {"type": "number", "minimum": 0, "maximum": 0.9, "default": 0.2,
                 "description": "share of each training partition's patients (per class) moved to a "
                                "validation partition for early stopping and model selection; 0 for none"}
+REFIT = {"type": "boolean", "default": False,
+         "description": "also name a refit fold: every patient some fold trains or validates on (never a patient "
+                        "that is test in every fold), fitted for the median of the folds' validation-chosen epochs; "
+                        "`hemaflow export` then ships that model (docs/bundles.md). Metrics are unchanged"}
 
 
 def patient_table(images: ImageSet) -> pd.DataFrame:
@@ -85,6 +98,14 @@ def stratified_take(labels: np.ndarray, fraction: float, rng: np.random.Generato
     return take
 
 
+def refit_epochs(chosen: list[int]) -> int:
+    """Epochs of a refit: the median (rounded half up, at least 1) of the epochs the folds chose
+    on their validation patients."""
+    if not chosen:
+        raise ValueError("a refit needs at least one fold's chosen epoch")
+    return max(1, int(np.floor(float(np.median(chosen)) + 0.5)))
+
+
 def _finish(ctx: RunContext, images: ImageSet, table: pd.DataFrame, meta: dict[str, Any]) -> Split:
     labels = patient_table(images).set_index("patient_id")["label"]
     table = table.copy()
@@ -93,6 +114,8 @@ def _finish(ctx: RunContext, images: ImageSet, table: pd.DataFrame, meta: dict[s
     table = table.sort_values(["fold", "partition", "patient_id"]).reset_index(drop=True)
     pai = bool(images.meta.get("patients_are_images", False))
     meta = dict(meta, patients_are_images=pai, classes=images.classes)
+    if meta.pop("refit", False):
+        meta["refit_fold"] = int(table["fold"].max()) + 1
     split = Split(ctx.out_dir("split"), table[["fold", "patient_id", "partition", "label"]], meta)
     leak_check(split, images)
     split.save()
@@ -102,6 +125,14 @@ def _finish(ctx: RunContext, images: ImageSet, table: pd.DataFrame, meta: dict[s
         row.update({c: int((g["label"] == c).sum()) for c in images.classes})
         rows.append(row)
     ctx.report.table(f"Split ({meta['kind']}, hash {split.meta['hash']})", rows, section="data")
+    refit = split.refit_fold()
+    if refit is not None:
+        n = len(split.patients(refit, "train"))
+        if not n:
+            raise DataError(images.path, "refit: true, but no patient is in a training or validation partition")
+        ctx.report.text("Refit", f"refit: true: fold {refit} trains one more model on {n} patients (every patient "
+                                 f"some fold trains or validates on), for the median of the folds' validation-chosen "
+                                 f"epochs; it predicts nobody and is what `hemaflow export` ships.", section="data")
     if pai:
         ctx.report.text("Patients are images",
                         "This data set has no patient identifiers: each image is treated as its own "
@@ -120,7 +151,7 @@ def leak_check(split: Split, images: ImageSet | None = None) -> None:
 
 def _schema(props: dict[str, Any]) -> dict[str, Any]:
     """A splitter's parameter schema: ``props`` then ``seed``, unknown keys rejected."""
-    return {"type": "object", "properties": {**props, "seed": SEED}, "additionalProperties": False}
+    return {"type": "object", "properties": {**props, "seed": SEED, "refit": REFIT}, "additionalProperties": False}
 
 
 class Splitter(SplitterBase):
@@ -133,6 +164,14 @@ class Splitter(SplitterBase):
     def resolved_seed(self, ctx: RunContext) -> int:
         """The ``seed`` parameter, or the recipe's seed when it is null."""
         return int(self.params["seed"] if self.params["seed"] is not None else ctx.seed)
+
+    def cache_params(self) -> dict[str, Any]:
+        """The parameters in the cache key; ``refit: false`` is left out (the key of splits from
+        before the option)."""
+        params = dict(self.params)
+        if not params.get("refit"):
+            params.pop("refit", None)
+        return params
 
 
 class PatientKFold(Splitter):
@@ -176,7 +215,8 @@ class PatientKFold(Splitter):
             val[train_idx[stratified_take(labels[train_idx], float(p["val_fraction"]), rng)]] = True
             part = np.where(test, "test", np.where(val, "val", "train"))
             rows.append(pd.DataFrame({"fold": f, "patient_id": pats["patient_id"], "partition": part}))
-        split = _finish(ctx, images, pd.concat(rows), {"kind": "patient_kfold", "n_folds": k, "seed": seed})
+        split = _finish(ctx, images, pd.concat(rows), {"kind": "patient_kfold", "n_folds": k, "seed": seed,
+                                                              "refit": p["refit"]})
         return {"split": split}
 
 
@@ -217,7 +257,7 @@ class Holdout(Splitter):
             if p[name] > 0 and not (table["partition"] == name).any():
                 ctx.warn(f"the {name} partition is empty ({len(pats)} patients)")
         split = _finish(ctx, images, table, {"kind": "holdout", "n_folds": 1, "seed": seed,
-                                              "fractions": [p["train"], p["val"], p["test"]]})
+                                              "fractions": [p["train"], p["val"], p["test"]], "refit": p["refit"]})
         return {"split": split}
 
 
@@ -300,7 +340,7 @@ class ColumnSplit(Splitter):
             if not (table["partition"] == name).any():
                 ctx.warn(f"column {col!r} gives no {name} patients")
         split = _finish(ctx, images, table, {"kind": "column_split", "n_folds": 1, "column": col,
-                                              "mapping": mapping, "seed": seed})
+                                              "mapping": mapping, "seed": seed, "refit": p["refit"]})
         return {"split": split}
 
 

@@ -243,6 +243,60 @@ def test_zip_bundle_and_the_checks(headline, tmp_path, capsys):
     assert "the cache entry of step 'mil'" in capsys.readouterr().err
 
 
+def test_refit_bundle_is_fitted_on_every_patient_for_the_folds_chosen_epochs(headline, tmp_path):
+    """refit: true on the split: the cross-validation is unchanged (same split, same predictions), one
+    more encoder and MIL model is fitted on every patient for the median of the folds' validation-chosen
+    epochs, and `hemaflow export` ships that one by default; it runs on new patients."""
+    from hemaflow.core.artifacts import Model
+    from hemaflow.core.cache import StepCache
+    from hemaflow.plugins.splits import refit_epochs
+
+    run = tmp_path / "refit-run"
+    with cache_env(headline / "cache"):
+        assert main(["run", str(RECIPES / "mil_multimodal.yaml"), "--out", str(run), *TINY,
+                     "--set", "steps.split.with.refit=true"]) == 0
+        assert main(["export", str(run), "--out", str(tmp_path / "refit.hfb")]) == 0
+    plain = headline / "run"
+    assert (run / "split.csv").read_text() == (plain / "split.csv").read_text()
+    got, want = (pd.read_csv(r / "predictions.csv").sort_values("id").reset_index(drop=True) for r in (run, plain))
+    pd.testing.assert_frame_equal(got, want)  # the folds' evaluation does not change
+    mil = json.loads((run / "metrics.json").read_text())["mil"]
+    assert len(mil["folds"]) == 3 and mil["refit"]["fold"] == 3 and mil["refit"]["train"] == 12
+    prov = json.loads((run / "provenance.json").read_text())
+    keys = {s["id"]: s["cache_key"] for s in prov["steps"]}
+    cache = StepCache(Path(prov["cache"]))
+    model_dir = Path(cache.outputs(keys["mil"])["model"][1])
+    best = [max(r["epoch"] for r in json.loads((model_dir / f"fold{f}_history.json").read_text()) if r["selected"])
+            for f in range(3)]
+    assert mil["refit"]["chosen_epochs"] == best and mil["refit"]["epochs"] == refit_epochs(best)
+    assert len(json.loads((model_dir / "fold3_history.json").read_text())) == refit_epochs(best)
+    enc_dir = Path(cache.outputs(keys["encoder"])["model"][1])
+    enc_folds = Model.load(enc_dir).meta["folds"]
+    assert (enc_dir / "fold3.safetensors").exists() and [m["fold"] for m in enc_folds] == [0, 1, 2, 3]
+    assert enc_folds[3]["refit"] and enc_folds[3]["epochs"] == refit_epochs([m["best_epoch"] for m in enc_folds[:3]])
+    assert len(enc_folds[3]["history"]) == enc_folds[3]["epochs"]
+    info = json.loads((tmp_path / "refit.hfb" / "bundle.json").read_text())
+    assert info["fold"] == 3 and info["refit"] is True and info["refit_info"]["train"] == 12
+    card = (tmp_path / "refit.hfb" / "model_card.md").read_text()
+    assert "fold 3 (refit)" in card and "fitted on 12 training patients" in card
+    fold_net = load_file(str(headline / "model.hfb" / "parts" / "mil" / "net.safetensors"))
+    refit_net = load_file(str(tmp_path / "refit.hfb" / "parts" / "mil" / "net.safetensors"))
+    assert any(not np.array_equal(fold_net[k], refit_net[k]) for k in fold_net)
+    assert (tmp_path / "refit.hfb" / "parts/encoder/encoder.safetensors").read_bytes() == \
+        (enc_dir / "fold3.safetensors").read_bytes()
+    new = tmp_path / "new.yaml"
+    new.write_text("uses: synthetic_smears\nwith: {classes: [AML, NORMAL], patients_per_class: 3, "
+                   "images_per_patient: 2, image_size: 128, seed: 7}\n")
+    r = fresh_predict(tmp_path / "refit.hfb", new, tmp_path / "pred", tmp_path / "empty-cache")
+    assert r.returncode == 0, r.stderr
+    got = pd.read_csv(tmp_path / "pred" / "predictions.csv")
+    assert len(got) == 6 and set(got["fold"]) == {3} and np.allclose(got[["prob_AML", "prob_NORMAL"]].sum(axis=1), 1)
+    # fold k of the same run is still exportable
+    with cache_env(headline / "cache"):
+        assert main(["export", str(run), "--out", str(tmp_path / "f1.hfb"), "--fold", "1"]) == 0
+    assert json.loads((tmp_path / "f1.hfb" / "bundle.json").read_text())["refit"] is False
+
+
 # -- the classical baseline on a per-cell export --------------------------------------------------
 def write_cell_export(root: Path, seed: int, shift=None) -> pd.DataFrame:
     """<root>/<patient>/<cell>.png, 8 patients, 4 crops each: AML cells larger than NORMAL cells."""

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from hemaflow.core.errors import DataError
-from hemaflow.plugins.artifacts import FeatureTable
+from hemaflow.plugins.artifacts import FeatureTable, Split
 from hemaflow.plugins.evaluate import ClassificationEvaluator
 from hemaflow.plugins.mil.baseline import PooledBaseline, pool_bags, pooled_names
 from hemaflow.plugins.mil.bags import build_instances, make_bags
@@ -180,3 +180,17 @@ def test_auto_c_is_the_default_and_recorded_per_fold(tmp_path, data):
     assert len(folds) == 3 and all(f["C"] > 0 for f in folds)
     fixed = make(PooledBaseline, C=0.5).run(make_context(tmp_path / "ctx2"), split=split, features=feats)
     assert all("C" not in f for f in fixed["metrics"].values["mil"]["folds"])
+
+
+def test_refit_fold_fits_every_patient_and_leaves_the_folds_alone(tmp_path, data):
+    feats, cells, split = data
+    refit = Split(tmp_path / "refit-split", split.table.copy(), dict(split.meta, refit_fold=3)).save()
+    a = make(PooledBaseline).run(make_context(tmp_path / "a"), split=split, features=feats)
+    b = make(PooledBaseline).run(make_context(tmp_path / "b"), split=refit, features=feats)
+    pd.testing.assert_frame_equal(a["predictions"].table, b["predictions"].table)  # the evaluation is the folds'
+    mb = b["metrics"].values["mil"]
+    assert mb["refit"]["fold"] == 3 and mb["refit"]["train"] == 24 and len(mb["folds"]) == 3
+    assert b["model"].meta["folds"] == [0, 1, 2, 3] and b["model"].meta["refit_fold"] == 3
+    sc = np.load(b["model"].path / "fold3_scaler.npz")
+    assert sorted(sc["train_patients"]) == sorted(feats.table["patient_id"].astype(str).unique())
+    assert "refit" not in a["metrics"].values["mil"] and not (a["model"].path / "fold3_model.npz").exists()

@@ -164,3 +164,27 @@ def test_split_exports_csv_and_hash(tmp_path):
     assert (tmp_path / "split.hash").read_text().strip() == split.meta["hash"]
     csv = pd.read_csv(tmp_path / "split.csv")
     assert list(csv.columns) == ["fold", "patient_id", "partition", "label"]
+
+
+def test_refit_fold_trains_on_every_fitted_patient_and_never_an_external_cohort(tmp_path):
+    from hemaflow.plugins.splits import refit_epochs
+
+    images = image_set(tmp_path, extra=lambda c, k, i: {"site": "A" if k % 2 == 0 else "B"})
+    plain = make(PatientKFold, k=3).run(make_context(tmp_path / "p"), images=images)["split"]
+    kf = make(PatientKFold, k=3, refit=True).run(make_context(tmp_path / "k"), images=images)["split"]
+    # the folds are untouched (same table, same hash); the refit fold is one past them
+    assert kf.meta["hash"] == plain.meta["hash"] and kf.folds() == [0, 1, 2] and plain.refit_fold() is None
+    assert kf.refit_fold() == 3 and kf.fit_folds() == [0, 1, 2, 3] and plain.fit_folds() == [0, 1, 2]
+    assert kf.patients(3, "train") == set(images.table["patient_id"]) and not kf.patients(3, "val")
+    assert not kf.patients(3, "test")
+    assert Split.load(kf.path).refit_fold() == 3
+    # an external cohort (test in every fold) is never refitted on
+    cs = make(ColumnSplit, column="site", mapping={"A": "train", "B": "test"}, val_fraction=0.2,
+              refit=True).run(make_context(tmp_path / "c"), images=images)["split"]
+    site_of = images.table.drop_duplicates("patient_id").set_index("patient_id")["site"]
+    assert cs.refit_fold() == 1
+    assert cs.patients(1, "train") == cs.patients(0, "train") | cs.patients(0, "val")
+    assert set(pd.Series(sorted(cs.patients(1, "train"))).map(site_of)) == {"A"}
+    # refit: false stays out of the cache key (splits from before the option keep their entries)
+    assert "refit" not in make(PatientKFold).cache_params() and make(PatientKFold, refit=True).cache_params()["refit"]
+    assert refit_epochs([3, 9, 5]) == 5 and refit_epochs([4, 5]) == 5 and refit_epochs([1]) == 1

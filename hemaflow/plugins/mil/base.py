@@ -21,6 +21,7 @@ from hemaflow.core.errors import DataError
 from hemaflow.plugins.mil.bags import (NORMAL_TRUTH, apply_scaler, build_instances, fit_pca, fit_scaler, make_bags,
                                        patient_labels, precision_at_k, r_precision, select_modalities)
 from hemaflow.plugins.mil.train import predict_bag, train_fold
+from hemaflow.plugins.splits import refit_epochs
 
 # -- parameters ------------------------------------------------------------------------------
 def _train_properties() -> dict[str, Any]:
@@ -229,10 +230,11 @@ class MILAggregator(MILModel):
             crops = torch.from_numpy(np.ascontiguousarray(np.asarray(cells.crops)[ci.astype(int).to_numpy()]))
         model_dir = ctx.out_dir("model")
         pred_rows, att_rows, fold_info, empty = [], [], [], []
-        for fold in ctx.progress(split.folds(), description=f"{self.name} folds"):
+        refit, refit_info, chosen = split.refit_fold(), None, []
+        for fold in ctx.progress(split.fit_folds(), description=f"{self.name} folds"):
             parts = {part: sorted(split.patients(fold, part)) for part in ("train", "val", "test")}
             missing = {part: [q for q in pats if q not in bags] for part, pats in parts.items()}
-            for part, pats in missing.items():
+            for part, pats in missing.items() if fold != refit else ():  # the folds warned already
                 for q in pats:
                     empty.append({"fold": fold, "patient_id": q, "partition": part})
                     ctx.warn(f"fold {fold}: patient {q!r} ({part}) has no instances (empty bag); "
@@ -259,11 +261,20 @@ class MILAggregator(MILModel):
             torch.manual_seed(ctx.torch_seed("fold", fold))
             net = self.build_network(x.shape[1], len(classes), seed=ctx.torch_seed("augment", fold))
             rng = ctx.rng("train", fold)
-            info = train_fold(net, x, bags, labels, train, val, p, rng, sub_bag_size=self.sub_bag_size(), ctx=ctx,
-                              classes=classes, name=f"fold{fold}", seed=ctx.torch_seed("fit", fold), crops=crops)
+            fold_p = p if fold != refit else dict(p, epochs=refit_epochs(chosen))  # no val: the folds' epochs
+            info = train_fold(net, x, bags, labels, train, val, fold_p, rng, sub_bag_size=self.sub_bag_size(),
+                              ctx=ctx, classes=classes, name="refit" if fold == refit else f"fold{fold}",
+                              seed=ctx.torch_seed("fit", fold), crops=crops)
             save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(model_dir / f"fold{fold}.safetensors"))
             np.savez(model_dir / f"fold{fold}_scaler.npz", mean=mean, std=std, **pca)
             (model_dir / f"fold{fold}_history.json").write_text(json.dumps(info["history"]))
+            if fold == refit:
+                refit_info = {"fold": int(fold), "train": len(train), "epochs": int(fold_p["epochs"]),
+                              "chosen_epochs": chosen, "final_train_loss": float(info["history"][-1]["train_loss"])}
+                ctx.log(f"refit (fold {fold}): {len(train)} patients, {fold_p['epochs']} epochs (median of the "
+                        f"folds' validation-chosen epochs {chosen})")
+                continue
+            chosen.append(int(info["best_epoch"]))
             fold_prec = []
             prng = ctx.rng("predict", fold)
             for q in test:
@@ -299,10 +310,14 @@ class MILAggregator(MILModel):
             columns=["patient_id", "cell_id", "image_id", "fold", "score", "rank"])
         attention = TableArtifact(ctx.out_dir("attention"), att_df, {"source": self.name}).save()
         mil_metrics = self._metrics(table, bags, att_df, abnormal, empty, fold_info, classes)
+        if refit_info:
+            mil_metrics["refit"] = refit_info
         metrics = Metrics(ctx.out_dir("metrics"), {"mil": mil_metrics}).save()
         model = Model(model_dir, {"aggregator": self.aggregator or self.name, "component": self.name, "classes": classes,
                                   "in_dim": inst.dim, "blocks": [b for b, _ in inst.blocks],
-                                  "params": dict(p), "folds": [f["fold"] for f in fold_info],
+                                  "params": dict(p), "folds": [f["fold"] for f in fold_info]
+                                  + ([refit_info["fold"]] if refit_info else []),
+                                  **({"refit_fold": refit_info["fold"], "refit": refit_info} if refit_info else {}),
                                   "empty_bags": empty}).save()
         self._report(ctx, cells, att_df, pred_df, mil_metrics)
         return {"predictions": preds, "model": model, "attention": attention, "metrics": metrics}
@@ -339,6 +354,12 @@ class MILAggregator(MILModel):
                  **({"r-precision@k": round(f["r_precision_at_k"], 3)} if "r_precision_at_k" in f else {})}
                 for f in m["folds"]]
         ctx.report.table(f"{self.name}: folds", rows, section=section)
+        if "refit" in m:
+            r = m["refit"]
+            ctx.report.text("Refit", f"fold {r['fold']}: one more model on {r['train']} training patients for "
+                                     f"{r['epochs']} epochs (the median of the folds' validation-chosen epochs "
+                                     f"{r['chosen_epochs']}); it predicts nobody: the metrics above are the folds'. "
+                                     f"`hemaflow export` ships it.", section=section)
         if "precision_at_k" in m:
             ctx.report.text("Top-attention cells vs generator ground truth",
                             f"precision@{m['k']} of the highest-scored cells against the generator's abnormal "

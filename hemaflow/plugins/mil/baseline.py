@@ -202,9 +202,10 @@ class PooledBaseline(MILModel):
         model_dir = ctx.out_dir("model")
         pred_rows, att_rows, fold_info, empty, importances = [], [], [], [], []
         names: list[str] = []
-        for fold in split.folds():
+        refit, refit_info = split.refit_fold(), None
+        for fold in split.fit_folds():
             parts = {part: sorted(split.patients(fold, part)) for part in ("train", "val", "test")}
-            for part, pats in parts.items():
+            for part, pats in parts.items() if fold != refit else ():  # the folds warned already
                 for q in pats:
                     if q not in bags:
                         empty.append({"fold": fold, "patient_id": q, "partition": part})
@@ -241,6 +242,11 @@ class PooledBaseline(MILModel):
             imp = _importance(est, len(classes))
             np.savez(model_dir / f"fold{fold}_model.npz", classes_=est.classes_, importance=imp,
                      **({"coef": est.coef_, "intercept": est.intercept_} if hasattr(est, "coef_") else {}))
+            if fold == refit:  # every training patient; C by the same inner CV on them
+                refit_info = {"fold": int(fold), "train": len(train),
+                              **({"C": est.chosen_C} if isinstance(est, AutoC) else {})}
+                ctx.log(f"refit (fold {fold}): {len(train)} training patients")
+                continue
             importances.append(imp)
             if test:
                 x_te = apply_scaler(pool_bags(x, bags, test, stats), mean, std)
@@ -278,12 +284,19 @@ class PooledBaseline(MILModel):
         mil_metrics = {"aggregator": self.name, "model": p["model"], "n_bags": len(bags), "n_instances": len(table),
                        "n_pooled_features": len(names), "bag_size_min": int(sizes.min()),
                        "bag_size_median": float(np.median(sizes)), "bag_size_max": int(sizes.max()),
-                       "empty_bags": sorted({e["patient_id"] for e in empty}), "folds": fold_info}
+                       "empty_bags": sorted({e["patient_id"] for e in empty}), "folds": fold_info,
+                       **({"refit": refit_info} if refit_info else {})}
         metrics = Metrics(ctx.out_dir("metrics"), {"mil": mil_metrics}).save()
         model = Model(model_dir, {"component": self.name, "model": p["model"], "classes": classes, "stats": stats,
-                                  "pooled_features": names, "params": dict(p), "folds": [f["fold"] for f in fold_info],
+                                  "pooled_features": names, "params": dict(p),
+                                  "folds": [f["fold"] for f in fold_info] + ([refit] if refit_info else []),
+                                  **({"refit_fold": refit, "refit": refit_info} if refit_info else {}),
                                   "empty_bags": empty}).save()
         ctx.report.table(f"{self.name} ({p['model']}): folds", fold_info, section="MIL")
+        if refit_info:
+            ctx.report.text("Refit", f"fold {refit}: one more model on {refit_info['train']} training patients "
+                                     f"(every patient some fold trains or validates on); it predicts nobody: the "
+                                     f"metrics are the folds'. `hemaflow export` ships it.", section="MIL")
         if p["top_features"] and top:
             ctx.report.table(f"{self.name}: pooled features with the largest weight (mean over folds)",
                              top[: int(p["top_features"])], section="MIL")
