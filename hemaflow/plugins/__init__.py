@@ -17,7 +17,7 @@ DEFAULT_PLUGINS = [
     "hemaflow.plugins.single_cells",
     "hemaflow.plugins.features",
     "hemaflow.plugins.handcrafted",
-    "hemaflow.plugins.pretrain",
+    "hemaflow.plugins.encoders",
     "hemaflow.plugins.classify.images",
     "hemaflow.plugins.classify.tabular",
     "hemaflow.plugins.classify.multimodal",

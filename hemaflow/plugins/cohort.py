@@ -58,7 +58,7 @@ def patient_cohorts(images: ImageSet, column: str) -> tuple[dict[str, str], list
 
 def pooled_patient_features(features: FeatureTable, stats: list[str]) -> tuple[list[str], np.ndarray, list[str]]:
     """(patients, pooled matrix, column names): every patient's cells pooled as the baseline does."""
-    from hemaflow.plugins.mil.bags import _feature_columns
+    from hemaflow.lib.mil_bags import _feature_columns
     from hemaflow.plugins.mil.baseline import pool_bags, pooled_names
 
     t = features.table

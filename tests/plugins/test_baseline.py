@@ -10,7 +10,7 @@ from hemaflow.core.errors import DataError
 from hemaflow.plugins.artifacts import FeatureTable, Split
 from hemaflow.plugins.evaluate import ClassificationEvaluator
 from hemaflow.plugins.mil.baseline import PooledBaseline, pool_bags, pooled_names
-from hemaflow.plugins.mil.bags import build_instances, make_bags
+from hemaflow.lib.mil_bags import build_instances, make_bags
 from hemaflow.testing import check_component, make, make_context
 from tests.plugins.mil_helpers import kfold_split, synthetic_instances
 

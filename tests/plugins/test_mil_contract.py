@@ -140,7 +140,9 @@ def test_registering_the_aggregators_does_not_import_torch():
 
 
 def test_the_training_loop_never_branches_on_an_aggregator_name():
-    src = inspect.getsource(mil.train)
+    from hemaflow.lib import mil_training
+
+    src = inspect.getsource(mil_training)
     for cls in mil.COMPONENTS:
         assert repr(cls.aggregator) not in src and f'"{cls.aggregator}"' not in src, cls.aggregator
 
@@ -181,3 +183,15 @@ def test_builtin_networks_are_those_of_before(agg):
     with torch.no_grad():
         logits, _ = net.eval()(torch.linspace(-1, 1, 30).reshape(5, 6))
     assert logits.tolist() == pytest.approx(LOGITS[agg], abs=1e-4)
+
+
+def test_the_library_moved_out_of_the_plugins_keeps_its_old_import_paths():
+    """MIL nets, bags and training live in hemaflow.lib; a plugin written against the old paths
+    still imports the very same objects."""
+    from hemaflow.lib import mil_bags, mil_nets, mil_training
+    from hemaflow.plugins.mil.bags import _by_cell, build_instances
+    from hemaflow.plugins.mil.nets import MILNet
+    from hemaflow.plugins.mil.train import train_fold
+
+    assert MILNet is mil_nets.MILNet is mil.MILNet and train_fold is mil_training.train_fold
+    assert build_instances is mil_bags.build_instances and _by_cell is mil_bags._by_cell

@@ -47,7 +47,9 @@ def test_pretraining_sees_only_the_folds_training_patients(tmp_path, data, monke
         seen.append((len(crops), len(val_crops)))
         return real(backbone, crops, y, val_crops, val_y, *args, **kwargs)
 
-    monkeypatch.setattr(pretrain, "pretrain_fold", spy)
+    from hemaflow.plugins import encoders
+
+    monkeypatch.setattr(encoders, "pretrain_fold", spy)
     out = make(pretrain.InstanceEncoder, **TINY, pretrain=mode).run(make_context(tmp_path / mode), cells=cells, split=split)
     per_patient = cells.table.groupby("patient_id").size()
     for fold, (n_train, n_val) in zip(split.folds(), seen):

@@ -12,7 +12,8 @@ images, never mixing patients), and for every fold of the Split trains on the fo
 patients (a random subset of at most ``max_instances`` per bag and epoch), stops early on the
 fold's ``val`` patients and predicts the fold's ``test`` patients with all their instances.
 An aggregator only says which network pools a bag: :meth:`MILAggregator.make_net` returns a
-:class:`MILNet` whose ``pool(h, mask) -> (z, scores)`` is the contract (:mod:`.nets`); a third
+:class:`MILNet` whose ``pool(h, mask) -> (z, scores)`` is the contract (:mod:`hemaflow.lib.mil_nets`,
+with the bags in :mod:`hemaflow.lib.mil_bags` and the training in :mod:`hemaflow.lib.mil_training`); a third
 party's aggregator is the same small class, registered through ``register_mil_models``.
 
 Aggregators (``uses:``): ``mean_mil``, ``max_mil``, ``attention_mil`` (Ilse et al. 2018),
@@ -29,13 +30,12 @@ and, when the instances carry generator ground truth, precision@k of the top-att
 
 from __future__ import annotations
 
-from hemaflow.plugins.mil.bags import (ID_COLUMNS, NORMAL_TRUTH, Instances, apply_scaler, build_instances, fit_pca,
-                                       fit_scaler, make_bags, patient_labels, precision_at_k, r_precision, sample_bag)
+from hemaflow.lib.mil_bags import (ID_COLUMNS, NORMAL_TRUTH, Instances, apply_scaler, build_instances, fit_pca,
+                                   fit_scaler, make_bags, patient_labels, precision_at_k, r_precision, sample_bag)
+from hemaflow.lib.mil_training import BagDataset, collate_bags, forward_bags, predict_bag, predict_by_vote, train_fold
 from hemaflow.plugins.mil.base import MILAggregator
 from hemaflow.plugins.mil.components import (COMPONENTS, AttentionMIL, GatedAttentionMIL, MajorityVoteMIL, MaxMIL,
                                              MeanMIL, MILComponent, TransformerMIL, build_net, defaults_for)
-from hemaflow.plugins.mil.train import (BagDataset, collate_bags, forward_bags, predict_bag, predict_by_vote,
-                                        train_fold)
 
 _NETS = ("MILNet", "MeanNet", "MaxNet", "AttentionNet", "TransformerNet", "EndToEndNet")
 
@@ -49,7 +49,7 @@ __all__ = ["COMPONENTS", "ID_COLUMNS", "NORMAL_TRUTH", "AttentionMIL", "BagDatas
 def __getattr__(name: str):
     # the torch modules load on first use, so registering the MIL components does not import torch
     if name in _NETS:
-        from hemaflow.plugins.mil import nets
+        from hemaflow.lib import mil_nets
 
-        return getattr(nets, name)
+        return getattr(mil_nets, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

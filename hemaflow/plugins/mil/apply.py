@@ -33,7 +33,7 @@ from hemaflow.core.bases import MILModel
 from hemaflow.core.component import RunContext
 from hemaflow.core.errors import DataError
 from hemaflow.core.markers import hookimpl
-from hemaflow.plugins.mil.bags import _by_cell, _feature_columns, apply_scaler, build_instances, make_bags
+from hemaflow.lib.mil_bags import _by_cell, _feature_columns, apply_scaler, build_instances, make_bags
 
 #: training-time parameters of ``instance_encoder`` that mean nothing with ``pretrain: none``
 ENCODER_TRAIN_ONLY = ("epochs", "lr", "max_cells", "temperature", "projection_dim")
@@ -70,7 +70,7 @@ def aligned_blocks(inst_table: pd.DataFrame, sources: dict[str, Any], columns: d
 
 def model_input(blocks: list[tuple[str, np.ndarray]], pca: dict[str, np.ndarray]) -> np.ndarray:
     """The MIL step's instance matrix before its scaler: embeddings projected on the stored PCA
-    (exactly as :func:`hemaflow.plugins.mil.bags.fit_pca` projected the training instances)."""
+    (exactly as :func:`hemaflow.lib.mil_bags.fit_pca` projected the training instances)."""
     parts = []
     for name, block in blocks:
         if name == "embeddings" and "pca_components" in pca:
@@ -121,7 +121,7 @@ def export_mil(step_id: str, comp: Any, outputs: dict[str, Any], inputs: dict[st
 
     from hemaflow.plugins.mil.baseline import PooledBaseline
     from hemaflow.plugins.mil.base import MILAggregator
-    from hemaflow.plugins.mil.bags import select_modalities
+    from hemaflow.lib.mil_bags import select_modalities
 
     model = outputs["model"]
     meta, mdir = model.meta, Path(model.path)

@@ -1,7 +1,7 @@
 """The base of every learned MIL aggregator: :class:`MILAggregator` and its shared parameters.
 
 A new aggregator is a :class:`MILAggregator` subclass whose :meth:`~MILAggregator.make_net`
-returns a :class:`hemaflow.plugins.mil.nets.MILNet` implementing ``pool(h, mask) -> (z, scores)``;
+returns a :class:`hemaflow.lib.mil_nets.MILNet` implementing ``pool(h, mask) -> (z, scores)``;
 it is registered through ``register_mil_models`` and trained by the same loop as the built-ins
 (:mod:`.components`; docs/tutorial.md builds one).
 """
@@ -18,9 +18,9 @@ from hemaflow.core.artifacts import Metrics, Model, Predictions, TableArtifact
 from hemaflow.core.bases import MILModel
 from hemaflow.core.component import RunContext
 from hemaflow.core.errors import DataError
-from hemaflow.plugins.mil.bags import (NORMAL_TRUTH, apply_scaler, build_instances, fit_pca, fit_scaler, make_bags,
-                                       patient_labels, precision_at_k, r_precision, select_modalities)
-from hemaflow.plugins.mil.train import predict_bag, train_fold
+from hemaflow.lib.mil_bags import (NORMAL_TRUTH, apply_scaler, build_instances, fit_pca, fit_scaler, make_bags,
+                                   patient_labels, precision_at_k, r_precision, select_modalities)
+from hemaflow.lib.mil_training import predict_bag, train_fold
 from hemaflow.plugins.splits import refit_epochs
 
 # -- parameters ------------------------------------------------------------------------------
@@ -95,7 +95,7 @@ class MILAggregator(MILModel):
     :meth:`make_net` and, for extra ``with:`` keys, ``schema = MILAggregator.extend_schema({...})``.
     Everything else is shared: the instance join on ``cell_id``, one bag per patient, per-fold
     PCA and scaling fitted on training instances, the one training loop
-    (:func:`hemaflow.plugins.mil.train.train_fold`), predictions of each fold's test bags with
+    (:func:`hemaflow.lib.mil_training.train_fold`), predictions of each fold's test bags with
     all their instances, the attention table, metrics, the report gallery and the end-to-end
     ``encoder`` option (the backbone's embedding is put in front of the instance features, so
     ``make_net`` just sees a wider ``in_dim``).
@@ -124,7 +124,7 @@ class MILAggregator(MILModel):
 
     # -- the extension points ----------------------------------------------------------------
     def make_net(self, in_dim: int, n_classes: int):
-        """Return a fresh :class:`~hemaflow.plugins.mil.nets.MILNet` for ``in_dim`` instance
+        """Return a fresh :class:`~hemaflow.lib.mil_nets.MILNet` for ``in_dim`` instance
         features and ``n_classes`` classes (called once per fold, after the fold's torch seed is
         set). The shared parameters are in ``self.params`` (``hidden``, ``dropout``, ...).
         Import torch-using modules inside this method, so ``hemaflow plugins`` stays fast."""
@@ -140,7 +140,7 @@ class MILAggregator(MILModel):
 
     def predict(self, net, x: np.ndarray, rng: np.random.Generator, crops=None) -> tuple[np.ndarray, np.ndarray]:
         """(class probabilities (C,), instance scores (n,) summing to one) for one test bag
-        ``x`` (n, d); default: the network on the whole bag (:func:`~hemaflow.plugins.mil.train.predict_bag`)."""
+        ``x`` (n, d); default: the network on the whole bag (:func:`~hemaflow.lib.mil_training.predict_bag`)."""
         return predict_bag(net, x, crops=crops)
 
     def build_network(self, in_dim: int, n_classes: int, seed: int = 0):
@@ -148,7 +148,7 @@ class MILAggregator(MILModel):
         crop augmentation seeded by ``seed``)."""
         enc = self.params.get("encoder")
         if enc:
-            from hemaflow.plugins.mil.nets import end_to_end
+            from hemaflow.lib.mil_nets import end_to_end
 
             return end_to_end(lambda width: self.make_net(width, n_classes), enc, in_dim, seed=seed)
         return self.make_net(in_dim, n_classes)

@@ -40,8 +40,8 @@ from hemaflow.core.bases import MILModel
 from hemaflow.core.component import RunContext
 from hemaflow.core.errors import DataError
 from hemaflow.core.markers import hookimpl
-from hemaflow.plugins.mil.bags import (apply_scaler, build_instances, fit_pca, fit_scaler, make_bags, patient_labels,
-                                       select_modalities)
+from hemaflow.lib.mil_bags import (apply_scaler, build_instances, fit_pca, fit_scaler, make_bags, patient_labels,
+                                   select_modalities)
 
 STATS = ("mean", "sd", "q10", "q25", "q50", "q75", "q90", "min", "max")
 DEFAULT_STATS = ["mean", "sd", "q10", "q50", "q90"]
@@ -308,7 +308,7 @@ class PooledBaseline(MILModel):
 
 
 def _block_columns(embeddings, features) -> dict[str, list[str]]:
-    from hemaflow.plugins.mil.bags import _feature_columns
+    from hemaflow.lib.mil_bags import _feature_columns
 
     out = {}
     for name, art in (("embeddings", embeddings), ("features", features)):

@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 from hemaflow.core.component import RunContext
 from hemaflow.core.markers import hookimpl
 from hemaflow.plugins.mil.base import COMMON_PROPERTIES, MILAggregator, _schema  # noqa: F401  (re-exported)
-from hemaflow.plugins.mil.train import predict_by_vote
+from hemaflow.lib.mil_training import predict_by_vote
 
 MILComponent = MILAggregator  # the former name
 
@@ -29,7 +29,7 @@ class MeanMIL(MILAggregator):
     aggregator = "mean"
 
     def make_net(self, in_dim, n_classes):
-        from hemaflow.plugins.mil.nets import MeanNet
+        from hemaflow.lib.mil_nets import MeanNet
 
         return MeanNet(in_dim, n_classes, *_size(self.params))
 
@@ -42,7 +42,7 @@ class MaxMIL(MILAggregator):
     aggregator = "max"
 
     def make_net(self, in_dim, n_classes):
-        from hemaflow.plugins.mil.nets import MaxNet
+        from hemaflow.lib.mil_nets import MaxNet
 
         return MaxNet(in_dim, n_classes, *_size(self.params))
 
@@ -64,7 +64,7 @@ class AttentionMIL(MILAggregator):
     gated: ClassVar[bool] = False
 
     def make_net(self, in_dim, n_classes):
-        from hemaflow.plugins.mil.nets import AttentionNet
+        from hemaflow.lib.mil_nets import AttentionNet
 
         return AttentionNet(in_dim, n_classes, *_size(self.params), attention_dim=int(self.params.get("attention_dim", 64)),
                             gated=self.gated, branches=str(self.params.get("branches", "one")))
@@ -94,7 +94,7 @@ class TransformerMIL(MILAggregator):
     })
 
     def make_net(self, in_dim, n_classes):
-        from hemaflow.plugins.mil.nets import TransformerNet
+        from hemaflow.lib.mil_nets import TransformerNet
 
         return TransformerNet(in_dim, n_classes, *_size(self.params), layers=int(self.params.get("layers", 1)),
                               heads=int(self.params.get("heads", 4)))
@@ -113,7 +113,7 @@ class MajorityVoteMIL(MILAggregator):
     })
 
     def make_net(self, in_dim, n_classes):
-        from hemaflow.plugins.mil.nets import MeanNet
+        from hemaflow.lib.mil_nets import MeanNet
 
         return MeanNet(in_dim, n_classes, *_size(self.params))
 
