@@ -14,9 +14,14 @@ torch is imported inside the functions, so importing this module stays light.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from hemaflow.core.errors import DataError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from hemaflow.core.component import RunContext
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 STD = np.array([0.229, 0.224, 0.225], np.float32)
