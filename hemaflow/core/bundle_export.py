@@ -15,6 +15,7 @@ from typing import Any
 
 from hemaflow.core.bundle_format import BUNDLE_REF, FORMAT, FORMAT_VERSION, STAIN, STATELESS_KINDS, seal
 from hemaflow.core.errors import DataError, UsageError
+from hemaflow.lib.metrics import format_metric
 
 
 def _run_steps(run_dir: Path) -> tuple[dict[str, Any], Any, dict[str, Any]]:
@@ -241,14 +242,6 @@ def export_bundle(run_dir: Path, out: Path, fold: int | None = None) -> Path:
     return out
 
 
-def _fmt_metric(sec: dict[str, Any], key: str) -> str:
-    v = sec.get(key)
-    if v is None:
-        return "n/a"
-    ci = sec.get(f"{key}_ci")
-    return f"{v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
-
-
 def model_card(info: dict[str, Any], metrics: dict[str, Any], mil: dict[str, Any]) -> str:
     """The bundle's model card (Markdown): data, metrics with CIs, intended use, cohorts."""
     td = info["training_data"]
@@ -282,13 +275,13 @@ def model_card(info: dict[str, Any], metrics: dict[str, Any], mil: dict[str, Any
     pat = metrics.get("patient") or {}
     if pat:
         lines += ["| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {_fmt_metric(pat, k)} |" for k in ("accuracy", "balanced_accuracy", "macro_f1", "auroc")]
+        lines += [f"| {k} | {format_metric(pat, k)} |" for k in ("accuracy", "balanced_accuracy", "macro_f1", "auroc")]
         lines += [f"| n patients | {pat.get('n', 'n/a')} |", ""]
     else:
         lines += ["No patient-level metrics in the run.", ""]
     fold_m = next((f for f in metrics.get("folds", []) if f.get("fold") == info["fold"]), None)
     if fold_m and fold_m.get("patient"):
-        lines += [f"Fold {info['fold']} alone: accuracy {_fmt_metric(fold_m['patient'], 'accuracy')}, "
+        lines += [f"Fold {info['fold']} alone: accuracy {format_metric(fold_m['patient'], 'accuracy')}, "
                   f"n {fold_m['patient'].get('n', 'n/a')}.", ""]
     coh = metrics.get("cohort") or {}
     if coh.get("per_cohort"):

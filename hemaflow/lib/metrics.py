@@ -76,6 +76,16 @@ def clean(obj: Any) -> Any:
     return obj
 
 
+def format_metric(section: dict[str, Any], key: str, missing: str = "n/a") -> str:
+    """``section[key]`` to 3 decimals with its 95% interval (``section[key + "_ci"]``) if any,
+    e.g. ``0.812 [0.700, 0.900]``; ``missing`` when the metric is absent or None."""
+    v = section.get(key)
+    if v is None:
+        return missing
+    ci = section.get(f"{key}_ci")
+    return f"{v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
 def auroc(y_true: Sequence[str], probs: np.ndarray, classes: Sequence[str]) -> tuple[float | None, dict[str, float | None]]:
     """AUROC: binary for two classes, else macro one-vs-rest over classes present in ``y_true``.
 

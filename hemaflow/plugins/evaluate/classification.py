@@ -208,12 +208,10 @@ class ClassificationEvaluator(Evaluator):
                 classes: list[str], has_probs: bool) -> None:
         sec = "Classification"
 
+        from hemaflow.lib.metrics import format_metric
+
         def fmt(m: dict[str, Any], k: str) -> str:
-            v = m.get(k)
-            if v is None:
-                return "–"
-            ci = m.get(f"{k}_ci")
-            return f"{v:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+            return format_metric(m, k, missing="–")
 
         levels = [lv for lv in reversed(LEVELS) if lv in values]
         rows = [{"level": lv + (f" (from {values[lv]['aggregated_from']})" if values[lv].get("aggregated_from") else ""),
