@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from hemaflow.core.errors import DataError
+from hemaflow.lib import seg_nets, seg_weights
 from hemaflow.plugins.segment import learned
 from hemaflow.plugins.segment.learned import (DeepLabSegmenter, build_model, largest_cell_diameter,
                                                load_weights, predict_cell_size, predict_with_meta,
@@ -29,7 +30,7 @@ def tiny_weights(tmp_path, monkeypatch):
     folder = tmp_path / "weights"
     folder.mkdir()
     save_weights(build_model("unet", "tu-test_resnet", 3), folder / "tiny-v0.safetensors", TINY_META)
-    monkeypatch.setattr(learned, "WEIGHTS_DIR", folder)
+    monkeypatch.setattr(seg_weights, "WEIGHTS_DIR", folder)
     return folder / "tiny-v0.safetensors"
 
 
@@ -88,7 +89,7 @@ def test_cell_size_rule_rescales_to_the_training_cell_size(monkeypatch):
         m[: h // 2, : w // 2] = 1  # a cell a quarter of the image
         return m
 
-    monkeypatch.setattr(learned, "predict_mask", fake_predict)
+    monkeypatch.setattr(seg_nets, "predict_mask", fake_predict)
     img = np.zeros((200, 200, 3), np.uint8)
     predict_cell_size(None, img, mode="three_class", cell_diameter=56.4, first_short_side=100)
     # first pass at 100/200; the cell (eq. diameter 112.8 px) should be 56.4 px: scale 0.5 -> no 2nd pass
