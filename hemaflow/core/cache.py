@@ -24,6 +24,10 @@ step, so the second waits for the first and then uses its entry. The lock is an 
 
 The root is ``$HEMAFLOW_CACHE_DIR`` when set, else ``$XDG_CACHE_HOME/hemaflow`` (default
 ``~/.cache/hemaflow``).
+
+The entry's content manifest is built in :mod:`hemaflow.core.cache_manifest`, the locks and the
+housekeeping (orphans, listing entries) are in :mod:`hemaflow.core.cache_upkeep`; their names are
+re-exported here (the earlier import path).
 """
 
 from __future__ import annotations
@@ -34,24 +38,18 @@ import json
 import os
 import re
 import shutil
-import socket
-import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from hemaflow.core import atomic
+from hemaflow.core.cache_manifest import (  # noqa: F401  (re-exported: the earlier import path)
+    MANIFEST_VERSION, STAMPS, STEP_JSON, _stamp, _walk_files, build_manifest, safe_relpath)
+from hemaflow.core.cache_upkeep import (  # noqa: F401  (re-exported: the earlier import path)
+    ORPHAN_AGE_S, _TMP, CacheUpkeep, EntryInfo, _host_tag, pid_alive)
 from hemaflow.core.filehash import sha256_stream
 
-MANIFEST_VERSION = 1
-STEP_JSON = "step.json"
-STAMPS = ".stamps.json"
-ORPHAN_AGE_S = 24 * 3600
-"""A work directory in ``tmp/`` older than this whose key is not locked is an orphan."""
-
 _KEY = re.compile(r"^[0-9a-f]{64}$")
-_TMP = re.compile(r"^(?P<key>[0-9a-f]{16,64})-(?P<pid>\d+)-(?:(?P<host>[0-9a-f]{8})-)?(?:trash-)?[0-9a-f]{8}$")
 
 
 def default_cache_dir() -> Path:
@@ -71,88 +69,8 @@ def cache_key(payload: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(payload).encode()).hexdigest()
 
 
-def _host_tag() -> str:
-    return hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
-
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process ``pid`` exists on this machine."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
 class EntryDamaged(Exception):
     """A cache entry failed its integrity check; the message says which file and how."""
-
-
-def safe_relpath(text: Any, *, dot: bool = False) -> str | None:
-    """``text`` if it is a normalized relative POSIX path that stays inside its folder (no
-    absolute path, no ``..``, ``.`` or empty parts; ``"."`` itself only with ``dot``), else None.
-    Plain string checks: this runs for every file of every entry on each lookup."""
-    if not isinstance(text, str) or not text or text[0] == "/" or "\0" in text:
-        return None
-    if dot and text == ".":
-        return text
-    return None if any(part in ("", ".", "..") for part in text.split("/")) else text
-
-
-@dataclass
-class EntryInfo:
-    """One finished entry, for ``hemaflow cache ls`` and ``prune``."""
-
-    key: str
-    path: Path
-    info: dict[str, Any] | None  # step.json, None if unreadable
-    size: int  # bytes on disk
-    last_used: float  # epoch seconds (entry folder mtime: set at commit and on every cache hit)
-
-
-def _walk_files(root: Path) -> tuple[dict[str, os.stat_result], list[str]]:
-    """Regular files below ``root`` by relative path, and the paths of anything else (links...)."""
-    files: dict[str, os.stat_result] = {}
-    odd: list[str] = []
-    stack = [(root, "")]
-    while stack:
-        folder, prefix = stack.pop()
-        with os.scandir(folder) as it:
-            for e in it:
-                rel = prefix + e.name
-                if e.is_symlink():
-                    odd.append(rel)
-                elif e.is_dir(follow_symlinks=False):
-                    stack.append((Path(e.path), rel + "/"))
-                elif e.is_file(follow_symlinks=False):
-                    files[rel] = e.stat(follow_symlinks=False)
-                else:
-                    odd.append(rel)
-    return files, odd
-
-
-def _stamp(st: os.stat_result) -> list[int]:
-    return [st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns]
-
-
-def build_manifest(workdir: Path) -> tuple[list[list[Any]], dict[str, list[int]]]:
-    """The content manifest ``[[relative path, size, sha256], ...]`` of a work directory (sorted),
-    and the stat stamps of its files."""
-    files, odd = _walk_files(workdir)
-    if odd:
-        raise ValueError(f"the step's outputs hold {odd[0]!r}, which is not a regular file (links are not allowed)")
-    rows, stamps = [], {}
-    for rel in sorted(files):
-        if rel in (STEP_JSON, STAMPS):
-            continue
-        st = files[rel]
-        rows.append([rel, st.st_size, sha256_stream(workdir / rel)])
-        stamps[rel] = _stamp(st)
-    return rows, stamps
 
 
 def info_hash(info: dict[str, Any]) -> str:
@@ -160,8 +78,9 @@ def info_hash(info: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json({k: v for k, v in info.items() if k != "sha256"}).encode()).hexdigest()
 
 
-class StepCache:
-    """The cache directory (see the module docstring)."""
+class StepCache(CacheUpkeep):
+    """The cache directory (see the module docstring); locks and housekeeping come from
+    :class:`~hemaflow.core.cache_upkeep.CacheUpkeep`."""
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
@@ -383,129 +302,3 @@ class StepCache:
 
     def discard(self, workdir: Path) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
-
-    # -- concurrency ---------------------------------------------------------------------------
-    def lock_path(self, key: str) -> Path:
-        return self.root / "locks" / f"{key}.lock"
-
-    @contextlib.contextmanager
-    def lock(self, key: str, *, timeout: float | None = None,
-             on_wait: Callable[[str], None] | None = None) -> Iterator[bool]:
-        """Hold the lock of ``key`` while the block runs; yields True, or False when another run
-        held it for longer than ``timeout`` seconds (default ``$HEMAFLOW_CACHE_LOCK_TIMEOUT``,
-        else 3600): the caller then computes the step anyway (correct, only twice the work).
-
-        ``on_wait`` is called once with a message naming the holder when the lock is busy.
-        """
-        from filelock import FileLock, Timeout
-
-        if timeout is None:
-            try:
-                timeout = float(os.environ.get("HEMAFLOW_CACHE_LOCK_TIMEOUT", "3600"))
-            except ValueError:
-                timeout = 3600.0
-        path = self.lock_path(key)
-        lock = FileLock(str(path))
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            lock.acquire(blocking=False)
-        except Timeout:  # (a TimeoutError, so an OSError: caught first)
-            if on_wait is not None:
-                on_wait(self._holder(path))
-            try:
-                lock.acquire(timeout=timeout, poll_interval=0.2)
-            except Timeout:
-                yield False
-                return
-        except OSError:  # cannot lock here (read-only cache...): go on unlocked, as before locks existed
-            yield True
-            return
-        try:
-            with contextlib.suppress(OSError):
-                path.with_suffix(".owner").write_text(f"{os.getpid()} {socket.gethostname()}")
-            yield True
-        finally:
-            lock.release()
-
-    @staticmethod
-    def _holder(path: Path) -> str:
-        try:
-            pid, host = path.with_suffix(".owner").read_text().split(" ", 1)
-            return f"pid {pid} on {host}"
-        except (OSError, ValueError):
-            return "another run"
-
-    def is_locked(self, key: str) -> bool:
-        from filelock import FileLock, Timeout
-
-        path = self.lock_path(key)
-        if not path.exists():
-            return False
-        lock = FileLock(str(path))
-        try:
-            lock.acquire(blocking=False)
-        except Timeout:
-            return True
-        lock.release()
-        return False
-
-    # -- housekeeping --------------------------------------------------------------------------
-    def orphans(self, max_age: float = ORPHAN_AGE_S) -> list[Path]:
-        """Work folders in ``tmp/`` that no live run is writing: their process (on this machine)
-        is gone, or they are older than ``max_age`` seconds and their key is not locked. Only
-        names hemaflow gives its work folders count."""
-        tmp = self.root / "tmp"
-        if not tmp.is_dir():
-            return []
-        me, now, out = _host_tag(), time.time(), []
-        for p in sorted(tmp.iterdir()):
-            m = _TMP.match(p.name)
-            if m is None:  # not named by hemaflow: never touched (the cache dir may be set to a wrong place)
-                continue
-            here = m["host"] in (None, me)  # written on this machine (pids mean something)
-            if here and int(m["pid"]) == os.getpid():
-                continue
-            if here and not pid_alive(int(m["pid"])):
-                out.append(p)
-                continue
-            try:
-                old = now - p.lstat().st_mtime > max_age
-            except OSError:
-                continue
-            if old and not (len(m["key"]) == 64 and self.is_locked(m["key"])):
-                out.append(p)
-        return out
-
-    def clean_orphans(self, max_age: float = ORPHAN_AGE_S) -> list[Path]:
-        """Remove :meth:`orphans`; return what was removed."""
-        removed = []
-        for p in self.orphans(max_age):
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    p.unlink()
-            if not p.exists():
-                removed.append(p)
-        return removed
-
-    def entries(self) -> Iterator[EntryInfo]:
-        """Every folder in ``steps/`` (finished or damaged), oldest use first is up to the caller."""
-        steps = self.root / "steps"
-        if not steps.is_dir():
-            return
-        for shard in sorted(steps.iterdir()):
-            if not shard.is_dir():
-                continue
-            for path in sorted(shard.iterdir()):
-                try:
-                    files = _walk_files(path)[0] if path.is_dir() and not path.is_symlink() else {}
-                    last_used = path.lstat().st_mtime
-                except OSError:
-                    continue
-                try:
-                    info = json.loads((path / STEP_JSON).read_text())
-                except (OSError, ValueError):
-                    info = None
-                yield EntryInfo(path.name, path, info if isinstance(info, dict) else None,
-                                sum(st.st_size for st in files.values()), last_used)
