@@ -11,6 +11,8 @@ GPU (float32, and bfloat16 autocast), with the agreement of every variant with C
 * ``embeddings``: timm resnet50 and vit_small_patch16_224 (random weights: nothing is
   downloaded) on 224 px crops, batch 32, as ``timm_embeddings`` runs them: images/s, and the
   cosine similarity of the embeddings with CPU float32's.
+* ``encoder``: ``instance_encoder`` with weak pre-training (the headline's encoder step) on the
+  run's device: seconds, and the cosine of its embeddings with CPU's.
 * ``mil``: one epoch of ``gated_attention_mil`` (the headline's aggregator) on synthetic bags
   through the component, as a recipe runs it: seconds, and the largest difference of the
   predicted probabilities from CPU's.
@@ -186,10 +188,46 @@ def part_mil(cuda: bool, quick: bool) -> dict[str, Any]:
     return out
 
 
+def part_encoder(cuda: bool, quick: bool) -> dict[str, Any]:
+    """``instance_encoder`` with weak pre-training (the headline's encoder step) on the run's device:
+    seconds, and the cosine of its embeddings with CPU float32's (training on another device
+    drifts a little, so the bar is the bf16 one)."""
+    from hemaflow.plugins.encoders import InstanceEncoder
+    from hemaflow.testing import make, make_context
+    from tests.plugins.mil_helpers import kfold_split, synthetic_instances
+
+    out: dict[str, Any] = {"input": "", "rows": {}}
+    ref = None
+    with tempfile.TemporaryDirectory() as tmp:
+        n_pat = 8 if quick else 24
+        _, cells = synthetic_instances(Path(tmp) / "d", n_patients=n_pat, cells=(20, 40), crop_size=64)
+        pats = sorted(cells.table["patient_id"].unique())
+        labels = [cells.table.loc[cells.table["patient_id"] == p, "label"].iloc[0] for p in pats]
+        split = kfold_split(Path(tmp) / "s", pats, labels, k=2)
+        out["input"] = f"{len(cells.table)} cells of 64 px, test_efficientnet, weak, 2 folds x 2 epochs"
+        for name, device, _ in [v for v in variants(cuda) if not v[2]]:
+            sync = sync_for(device)
+            t0 = time.perf_counter()
+            res = make(InstanceEncoder, backbone="test_efficientnet", image_size=64, epochs=2, batch_size=32,
+                       pretrain="weak").run(make_context(Path(tmp) / name.replace(" ", "_"), device=device),
+                                            cells=cells, split=split)
+            sync()
+            emb = res["embeddings"]
+            x = emb.table[emb.feature_columns].to_numpy(np.float64)
+            row: dict[str, Any] = {"seconds": round(time.perf_counter() - t0, 2)}
+            if ref is None:
+                ref = x
+            else:
+                cos = (x * ref).sum(1) / (np.linalg.norm(x, axis=1) * np.linalg.norm(ref, axis=1) + 1e-12)
+                row["cosine_min"] = float(cos.min())
+            out["rows"][name] = row
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="fewer images and repetitions (a minute or two on CPU)")
-    ap.add_argument("--only", default="deeplab,embeddings,mil")
+    ap.add_argument("--only", default="deeplab,embeddings,encoder,mil")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--json", type=Path, default=Path("/tmp/gpu_check.json"))
     args = ap.parse_args()
@@ -207,7 +245,7 @@ def main() -> None:
         "load": round(os.getloadavg()[0], 1), "notes": []}
     if not cuda:
         report["notes"].append("no CUDA device: CPU rows only (fp32 and bf16 autocast); run again on a GPU machine")
-    parts = {"deeplab": part_deeplab, "embeddings": part_embeddings, "mil": part_mil}
+    parts = {"deeplab": part_deeplab, "embeddings": part_embeddings, "encoder": part_encoder, "mil": part_mil}
     for name in args.only.split(","):
         print(f"== {name} ...", flush=True)
         t0 = time.perf_counter()
@@ -225,13 +263,16 @@ def main() -> None:
         for name, row in rows.items():
             if "cosine_min" in row:
                 checks.append((f"{model} {name} cosine", row["cosine_min"] >= (0.999 if "fp32" in name else 0.99)))
+    for name, row in (report.get("encoder", {}).get("rows") or {}).items():
+        if "cosine_min" in row:
+            checks.append((f"instance_encoder {name} cosine", row["cosine_min"] >= 0.99))
     for name, row in (report.get("mil", {}).get("rows") or {}).items():
         if "max_abs_prob_diff" in row:
             checks.append((f"mil {name} probs", row["max_abs_prob_diff"] <= 1e-3))
     report["agreement"] = {k: v for k, v in checks}
     args.json.write_text(json.dumps(report, indent=1, default=str))
     print("\nsummary:")
-    for name in ("deeplab", "embeddings", "mil"):
+    for name in ("deeplab", "embeddings", "encoder", "mil"):
         part = report.get(name)
         if not part:
             continue

@@ -38,11 +38,19 @@ def feature_dim(backbone, size: int) -> int:
     backbone.eval()
     try:
         with torch.no_grad():
-            return int(backbone(torch.zeros(1, 3, size, size)).shape[1])
+            return int(backbone(torch.zeros(1, 3, size, size, device=_device(backbone))).shape[1])
     except RuntimeError as exc:
         raise DataError("<recipe>", f"the backbone cannot take {size} px inputs ({exc}); raise image_size") from None
     finally:
         backbone.train(was)
+
+
+def _device(module) -> Any:
+    """The device of a module's parameters (CPU for one without any)."""
+    import torch
+
+    p = next(iter(module.parameters()), None)
+    return p.device if p is not None else torch.device("cpu")
 
 
 def crops_to_tensor(crops: Any, size: int):
@@ -73,14 +81,16 @@ def stain_jitter(x, gen, sigma: float):
     if sigma <= 0:
         return x
     n = x.shape[0]
-    mean = torch.as_tensor(MEAN, dtype=x.dtype).reshape(1, 3, 1, 1)
-    std = torch.as_tensor(STD, dtype=x.dtype).reshape(1, 3, 1, 1)
+    dev = x.device
+    mean = torch.as_tensor(MEAN, dtype=x.dtype).reshape(1, 3, 1, 1).to(dev)
+    std = torch.as_tensor(STD, dtype=x.dtype).reshape(1, 3, 1, 1).to(dev)
     rgb = (x * std + mean).clamp(1e-6, 1.0)
     od = -torch.log(rgb).permute(0, 2, 3, 1)  # (N,S,S,3)
-    hed = od @ torch.as_tensor(hed_from_rgb, dtype=x.dtype)
+    hed = od @ torch.as_tensor(hed_from_rgb, dtype=x.dtype).to(dev)
     alpha = 1 + (torch.rand(n, 1, 1, 3, generator=gen) * 2 - 1) * sigma
     beta = (torch.rand(n, 1, 1, 3, generator=gen) * 2 - 1) * sigma
-    od = (hed * alpha.to(x.dtype) + beta.to(x.dtype)).clamp_min(0) @ torch.as_tensor(rgb_from_hed, dtype=x.dtype)
+    od = ((hed * alpha.to(dev, x.dtype) + beta.to(dev, x.dtype)).clamp_min(0)
+          @ torch.as_tensor(rgb_from_hed, dtype=x.dtype).to(dev))
     rgb = torch.exp(-od).clamp(0, 1).permute(0, 3, 1, 2)
     return (rgb - mean) / std
 
@@ -98,7 +108,8 @@ def augment(x, gen, stain: float = 0.0):
     import torch.nn.functional as F
 
     n, _, s, _ = x.shape
-    flip = torch.rand(n, generator=gen) < 0.5
+    dev = x.device  # the random draws come from the CPU generator ``gen``: the same on any device
+    flip = (torch.rand(n, generator=gen) < 0.5).to(dev)
     x = torch.where(flip[:, None, None, None], x.flip(-1), x)
     k = int(torch.randint(0, 4, (1,), generator=gen))
     x = torch.rot90(x, k, dims=(-2, -1))
@@ -109,12 +120,12 @@ def augment(x, gen, stain: float = 0.0):
     theta[:, 0, 0] = scale
     theta[:, 1, 1] = scale
     theta[:, :, 2] = shift
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    grid = F.affine_grid(theta.to(dev, x.dtype), list(x.shape), align_corners=False)
     x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     # colour jitter: brightness/contrast per sample and a small per-channel shift (stain)
-    b = (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 0.6
-    c = 1 + (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 0.6
-    ch = (torch.rand(n, 3, 1, 1, generator=gen) - 0.5) * 0.3
+    b = ((torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 0.6).to(dev)
+    c = (1 + (torch.rand(n, 1, 1, 1, generator=gen) - 0.5) * 0.6).to(dev)
+    ch = ((torch.rand(n, 3, 1, 1, generator=gen) - 0.5) * 0.3).to(dev)
     m = x.mean(dim=(1, 2, 3), keepdim=True)
     return stain_jitter((x - m) * c + m + b + ch, gen, stain)
 
@@ -132,15 +143,20 @@ def nt_xent(z1, z2, temperature: float):
     return F.cross_entropy(sim, target)
 
 
-def embed(backbone, crops: np.ndarray, size: int, batch_size: int) -> np.ndarray:
-    """Embeddings (N, D) of uint8 crops with the backbone in eval mode."""
+def embed(backbone, crops: np.ndarray, size: int, batch_size: int, device: str | None = None) -> np.ndarray:
+    """Embeddings (N, D) of uint8 crops with the backbone in eval mode, on ``device`` (None: where
+    the backbone is; the backbone is moved there)."""
     import torch
 
+    if device is not None:
+        backbone.to(device)
+    dev = _device(backbone)
     backbone.eval()
     out = []
     with torch.no_grad():
         for i in range(0, len(crops), batch_size):
-            out.append(backbone(crops_to_tensor(crops[i:i + batch_size], size)).numpy())
+            x = crops_to_tensor(torch.from_numpy(np.ascontiguousarray(crops[i:i + batch_size])).to(dev), size)
+            out.append(backbone(x).float().cpu().numpy())
     dim = feature_dim(backbone, size) if not out else out[0].shape[1]
     return np.concatenate(out).astype(np.float32) if out else np.zeros((0, dim), np.float32)
 
@@ -177,13 +193,15 @@ def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
 
 def pretrain_fold(backbone, crops: np.ndarray, y: np.ndarray | None, val_crops: np.ndarray, val_y: np.ndarray | None,
                   mode: str, params: dict[str, Any], seed: int, n_classes: int, ctx: RunContext | None = None,
-                  name: str = "fold0") -> dict[str, Any]:
+                  name: str = "fold0", device: str = "cpu") -> dict[str, Any]:
     """Pre-train ``backbone`` in place on one fold's training cells with the project's one
     training loop (:func:`hemaflow.lib.training.fit`); return the history.
 
     ``weak``: backbone + linear head, class-weighted cross-entropy, the checkpoint with the lowest
     loss on ``val_crops`` is kept. ``simclr``: backbone + projection head, NT-Xent between two
-    augmented views; the last epoch is kept (no labels, no validation).
+    augmented views; the last epoch is kept (no labels, no validation). ``device``: where the
+    network trains (``cuda`` with ``device: auto`` on a GPU machine); the augmentations draw from
+    one CPU generator, so the draws do not depend on the device.
     """
     import torch
     from torch import nn
@@ -204,7 +222,7 @@ def pretrain_fold(backbone, crops: np.ndarray, y: np.ndarray | None, val_crops: 
     stain = float(params.get("stain_jitter", 0.0))
 
     def forward(m, batch):
-        x = crops_to_tensor(batch["crop"], size)
+        x = crops_to_tensor(torch.from_numpy(batch["crop"]).to(_device(m)), size)
         if not m.training:
             return m(x)
         if mode == "weak":
@@ -222,7 +240,7 @@ def pretrain_fold(backbone, crops: np.ndarray, y: np.ndarray | None, val_crops: 
                        class_weighting="balanced" if mode == "weak" else "none", patience=0)
     res = fit(model, train_ds, val_ds, forward=forward, config=cfg, ctx=ctx, classes=[str(i) for i in range(n_classes)],
               loss_fn=None if mode == "weak" else simclr_loss, collate_fn=_collate, name=f"pretrain {mode} {name}",
-              seed=seed, device="cpu")
+              seed=seed, device=device)
     model.load_state_dict(res.best_state_dict)
     best = res.history[res.best_epoch - 1]
     return {"history": res.history, "best_epoch": res.best_epoch,

@@ -196,11 +196,12 @@ class InstanceEncoder(FeatureExtractor):
                     info.update(refit=True, epochs=fold_p["epochs"])
                 res = pretrain_fold(backbone, crops[tr], y[tr] if y is not None else None, crops[va],
                                     y[va] if y is not None else None, mode, fold_p, ctx.torch_seed("pretrain", fold),
-                                    len(classes), ctx=ctx, name="refit" if fold == refit else f"fold{fold}")
+                                    len(classes), ctx=ctx, name="refit" if fold == refit else f"fold{fold}",
+                                    device=ctx.device)
                 info.update(best_loss=res["best_loss"], history=res["history"], best_epoch=res["best_epoch"])
-            save_file({k: v.contiguous() for k, v in backbone.state_dict().items()},
+            save_file({k: v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()},
                       str(model_dir / ("encoder.safetensors" if fold < 0 else f"fold{fold}.safetensors")))
-            emb = embed(backbone, crops, int(p["image_size"]), int(p["batch_size"]))
+            emb = embed(backbone, crops, int(p["image_size"]), int(p["batch_size"]), device=ctx.device)
             cols = [f"emb_{i:03d}" for i in range(emb.shape[1])]
             df = pd.concat([ids.reset_index(drop=True), pd.DataFrame(emb, columns=cols)], axis=1)
             if fold >= 0:

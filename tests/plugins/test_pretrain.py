@@ -137,3 +137,29 @@ def test_stain_jitter_off_keeps_the_cache_key_of_earlier_runs():
 
     assert "stain_jitter" not in make(InstanceEncoder).cache_params()
     assert make(InstanceEncoder, stain_jitter=0.05).cache_params()["stain_jitter"] == 0.05
+
+
+def test_pretraining_and_embedding_follow_the_run_device(tmp_path, data, monkeypatch):
+    """The run's device reaches the pre-training loop and the embedding (``device: auto`` is CUDA
+    on a GPU machine); on CUDA, the embeddings agree with the CPU's (skipped without a GPU)."""
+    import torch
+
+    from hemaflow.plugins import encoders
+
+    cells, split = data
+    seen = []
+    real_fit, real_embed = encoders.pretrain_fold, encoders.embed
+    monkeypatch.setattr(encoders, "pretrain_fold", lambda *a, **k: seen.append(("fit", k["device"])) or real_fit(*a, **k))
+    monkeypatch.setattr(encoders, "embed", lambda *a, **k: seen.append(("embed", k["device"])) or real_embed(*a, **k))
+    cpu = make(pretrain.InstanceEncoder, **TINY, pretrain="weak").run(make_context(tmp_path / "c", device="cpu"),
+                                                                       cells=cells, split=split)
+    assert set(seen) == {("fit", "cpu"), ("embed", "cpu")} and len(seen) == 2 * len(split.folds())
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device: the CPU half ran")
+    gpu = make(pretrain.InstanceEncoder, **TINY, pretrain="weak").run(make_context(tmp_path / "g", device="cuda"),
+                                                                       cells=cells, split=split)
+    cols = cpu["embeddings"].feature_columns
+    a = cpu["embeddings"].table[cols].to_numpy()
+    b = gpu["embeddings"].table[cols].to_numpy()
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+    assert cos.min() > 0.99
