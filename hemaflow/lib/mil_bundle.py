@@ -100,8 +100,6 @@ def export_mil(step_id: str, comp: Any, outputs: dict[str, Any], inputs: dict[st
     """
     from safetensors.numpy import save_file
 
-    from hemaflow.plugins.mil.baseline import PooledBaseline
-    from hemaflow.plugins.mil.base import MILAggregator
     from hemaflow.lib.mil_bags import select_modalities
 
     model = outputs["model"]
@@ -126,7 +124,8 @@ def export_mil(step_id: str, comp: Any, outputs: dict[str, Any], inputs: dict[st
     part: dict[str, Any] = {"component": comp.name, "version": comp.version, "params": params,
                             "classes": list(meta["classes"]), "fold": fold, "columns": columns,
                             "decision_rule": "argmax of the class probabilities"}
-    if isinstance(comp, PooledBaseline):
+    kind = getattr(comp, "bundle_part", None)  # set by the component classes that can be exported
+    if kind == "pooled_baseline":
         if params["model"] != "logistic_regression":
             raise DataError(mdir, f"a {params['model']} baseline cannot be exported without pickles; use "
                                   f"model: logistic_regression")
@@ -136,7 +135,7 @@ def export_mil(step_id: str, comp: Any, outputs: dict[str, Any], inputs: dict[st
                    "classes_index": np.asarray(lr["classes_"], np.int64), **pca}
         part["kind"] = "pooled_baseline"
         part["stats"] = list(params["stats"])
-    elif isinstance(comp, MILAggregator):
+    elif kind == "aggregator":
         shutil.copyfile(mdir / f"fold{fold}.safetensors", dest / "net.safetensors")
         tensors = {"mean": scaler["mean"], "std": scaler["std"], **pca}
         train = sorted(q for q in split.patients(fold, "train") if q in bags)

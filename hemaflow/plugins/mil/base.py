@@ -112,6 +112,7 @@ class MILAggregator(MILModel):
     """
 
     aggregator: ClassVar[str] = ""  # recorded in the Model's meta; empty: the component's name
+    bundle_part: ClassVar[str] = "aggregator"  # how `hemaflow export` writes it (hemaflow.lib.mil_bundle)
     schema = _schema()
     inputs = {"split": "Split", "embeddings": "FeatureTable?", "features": "FeatureTable?", "cells": "CellSet?"}
     outputs = {"predictions": "Predictions", "model": "Model", "attention": "Table", "metrics": "Metrics"}

@@ -144,6 +144,8 @@ class PooledBaseline(MILModel):
     PCA are fitted per fold on training patients only.
     """
 
+    bundle_part = "pooled_baseline"  # how `hemaflow export` writes it (hemaflow.lib.mil_bundle)
+
     name = "pooled_baseline"
     version = "2"
     schema = {
