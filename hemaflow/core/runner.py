@@ -365,16 +365,28 @@ class Runner:
             inputs0 = {name: results[src].outputs[out] for name, (src, out) in first.inputs.items()}
             scratch = self.cache.new_workdir(key0)
             t0 = time.perf_counter()
+            early: list[list[str]] = [[] for _ in chain]  # warnings of items() and side(), per step
             try:
-                items = comp0.items(self._context(first, scratch), **inputs0)
+                ctx0 = self._context(first, scratch)
+                items = comp0.items(ctx0, **inputs0)
+                early[0] = ctx0.warnings
                 comps = [comp for _, comp, _, _ in chain]
-                tasks = [(comps, item) for item in items]
+                sides: list[Any] = [None]
+                for j, (spec, comp, _, _) in enumerate(chain[1:], start=1):
+                    ctx = self._context(spec, scratch)
+                    sides.append(comp.side(ctx, **{name: results[src].outputs[out]
+                                                   for name, (src, out) in spec.inputs.items()
+                                                   if name != spec.cls.item_input}))
+                    early[j] = ctx.warnings
+                tasks = [(_chain.item_label(item, n), comps, sides, item) for n, item in enumerate(items)]
                 with self._progress_task(f"{'+'.join(ids)} (fused)", len(tasks)) as advance:
                     per_item = self.executor.map(_chain.run_chain_item, tasks,
                                                  progress=advance if self._progress else None)
             except _chain.ChainItemError as exc:
                 spec = chain[exc.args[0]][0]
-                raise StepError(spec.id, spec.uses, str(exc.args[1])) from exc
+                # a user's problem (bad data) is no bug: no traceback in error.log, as unfused
+                cause = HemaflowError(exc.args[1]) if exc.args[2:3] == (True,) else exc
+                raise StepError(spec.id, spec.uses, str(exc.args[1])) from cause
             except HemaflowError as exc:
                 if isinstance(exc, StepError):
                     raise
@@ -393,19 +405,17 @@ class Runner:
                 mine = _chain.step_results(per_item, j)
                 res = self._compute(spec, comp, key, fp, inputs,
                                     call=lambda ctx, c=comp, r=mine, inp=inputs: c.assemble(ctx, r, **inp),
-                                    extra_seconds=share, fused=ids)
+                                    extra_seconds=share, fused=ids, warnings=early[j])
                 results[spec.id] = res
                 done.append(res)
             return done
 
     def _compute(self, spec: StepSpec, comp: Any, key: str, fp: str | None, inputs: dict[str, Any], *,
                  call: Callable[[RunContext], Any] | None = None, extra_seconds: float = 0.0,
-                 fused: list[str] | None = None) -> StepResult:
+                 fused: list[str] | None = None, warnings: list[str] | None = None) -> StepResult:
         workdir = self.cache.new_workdir(key)
-        ctx = RunContext(step_id=spec.id, workdir=workdir, seed=self.seed, device=self.device,
-                         executor=self.executor, progress_factory=self._progress_task if self._progress else None,
-                         recipe=self.resolved.data, log=self._log if self.console is not None else None,
-                         verbose=self.verbose)
+        ctx = self._context(spec, workdir)
+        ctx.warnings.extend(warnings or [])  # a fused step's warnings from before the chain's map
         random.seed(ctx.torch_seed("python"))
         if "torch" in sys.modules:
             sys.modules["torch"].manual_seed(ctx.torch_seed("torch"))

@@ -8,8 +8,12 @@ and ``nucleus_area`` (pixels), ``label``/``patient_id`` from the ImageSet, ``tru
 ``cell_type`` matched from :meth:`ImageSet.cell_truth` where the data set knows them (the ground
 truth cell whose centroid lies inside the instance, nearest to the instance's centroid); plus
 square crops ``crops.npy`` (N, S, S, 3) and ``crop_masks.npy`` (N, S, S) with 0/1/2 of that cell
-only (neighbours are 0), written image by image into ``np.lib.format.open_memmap`` files so
-memory stays flat for any number of cells.
+only (neighbours are 0), written image by image into ``np.lib.format.open_memmap`` files
+(each image's crops are held in memory from its task until they are written).
+
+Per image (:class:`hemaflow.core.chain.PerItem`): the items are the masks, so a fused chain
+``segment -> postprocess -> cells`` passes each image's mask and instances in memory; the
+images (e.g. stain-normalized fields) come from a step finished before the chain, by path.
 
 Scaling: ``window`` cuts a fixed S x S window around the centroid (keeps the physical scale:
 the right choice when magnification is constant), ``resize`` cuts the bounding box grown by
@@ -25,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from hemaflow.core.bases import CellExtractor
+from hemaflow.core.chain import PerItem, Skipped
 from hemaflow.core.component import RunContext
 from hemaflow.core.errors import DataError
 from hemaflow.core.markers import hookimpl
@@ -143,35 +148,45 @@ def match_truth(instances: np.ndarray, rows: list[dict[str, Any]], truth: pd.Dat
     return out
 
 
-def _cells_one(item: tuple) -> dict[str, Any]:
-    """Worker for ctx.map: segment instances of one image, write its crops to scratch files."""
+def _empty(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and np.isnan(value)) or value == ""
+
+
+def cells_item(item: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """Cut the cells of one image: ``item`` holds ``image`` (a path), ``mask`` (a 0/1/2 array or
+    the path of its canonical PNG), ``instances`` (int32 labels, their ``.npy`` path, or None:
+    connected components of mask > 0), ``truth`` (the image's ground-truth cells or None) and
+    ``row`` (the image's row in the ImageSet). Returns ``{"image_id", "row", "rows", "crops",
+    "masks"}``, or a :class:`Skipped` record (``file``: None means the mask's file)."""
     from scipy import ndimage as ndi
 
     from hemaflow.lib import imageio as io
 
-    image_id, img_path, mask_path, inst_path, scratch, params, truth = item
+    image_id, mask_src = item["image_id"], item["mask"]
     try:
-        img = io.read_image(img_path)
-        mask = io.read_mask(mask_path, {"mode": "canonical"})
+        img = io.read_image(item["image"])
+        mask = mask_src if isinstance(mask_src, np.ndarray) else io.read_mask(mask_src, {"mode": "canonical"})
     except DataError as exc:
-        return {"image_id": image_id, "error": exc.problem, "file": exc.path}
+        return Skipped(image_id=image_id, row=item["row"], error=exc.problem, file=exc.path)
     if mask.shape != img.shape[:2]:
-        return {"image_id": image_id, "file": mask_path,
-                "error": f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {img.shape[1]}x{img.shape[0]}"}
-    if inst_path:
-        inst = np.load(inst_path).astype(np.int32)
-    else:
+        return Skipped(image_id=image_id, row=item["row"], file=None if isinstance(mask_src, np.ndarray) else mask_src,
+                       error=f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {img.shape[1]}x{img.shape[0]}")
+    inst = item.get("instances")
+    if inst is None:
         inst = ndi.label(mask > 0)[0].astype(np.int32)
+    elif not isinstance(inst, np.ndarray):
+        inst = np.load(inst).astype(np.int32)
+    else:
+        inst = inst.astype(np.int32)
+    truth = item.get("truth")
     rows, crops, cmasks = extract_cells(img, mask, inst, **params)
     matched = match_truth(inst, rows, truth) if truth is not None else [{} for _ in rows]
     for r, m in zip(rows, matched):
         r.update(m)
-    np.save(scratch + ".crops.npy", crops)
-    np.save(scratch + ".masks.npy", cmasks)
-    return {"image_id": image_id, "rows": rows, "scratch": scratch}
+    return {"image_id": image_id, "row": item["row"], "rows": rows, "crops": crops, "masks": cmasks}
 
 
-class CellCrops(CellExtractor):
+class CellCrops(PerItem, CellExtractor):
     """Cell table and square crops of every segmented white cell."""
 
     kind = "cells"
@@ -203,38 +218,61 @@ class CellCrops(CellExtractor):
     inputs = {"images": "ImageSet", "masks": "MaskSet"}
     outputs = {"cells": "CellSet"}
 
-    def run(self, ctx: RunContext, images: Any, masks: Any) -> dict[str, Any]:
-        from hemaflow.plugins.artifacts import CellSet
+    # PerItem (hemaflow.core.chain): one image's mask per task, after the post-processor in a
+    # fused chain; the images come from a step finished before the chain (side)
+    item_input = "masks"
+    item_description = "cell crops"
 
-        p = self.params
-        params = {k: p[k] for k in ("crop_size", "scale", "margin", "padding", "pad_value", "min_area",
-                                    "mask_neighbours")}
+    def cell_params(self) -> dict[str, Any]:
+        return {k: self.params[k] for k in ("crop_size", "scale", "margin", "padding", "pad_value", "min_area",
+                                            "mask_neighbours")}
+
+    def side(self, ctx: RunContext, images: Any) -> dict[str, dict[str, Any]]:
+        """Per image id of the ImageSet: its row, image path and ground-truth cells (or None)."""
         truth = images.cell_truth()
         by_img = {}
         if truth is not None:
             truth = truth.assign(image_id=truth["image_id"].astype(str))
             by_img = {k: v.reset_index(drop=True) for k, v in truth.groupby("image_id")}
-        mask_ids = set(masks.table["image_id"].astype(str))
-        scratch = ctx.scratch_dir()
-        items = []
-        for i, row in images.table.reset_index(drop=True).iterrows():
-            iid = str(row["image_id"])
-            if iid not in mask_ids:
-                continue
-            mrow = masks.row(iid)
+        return {str(row["image_id"]): {"row": i, "image": str(images.image_path(row)), "truth": by_img.get(str(row["image_id"]))}
+                for i, row in images.table.reset_index(drop=True).iterrows()}
+
+    def follow(self, result: dict[str, Any], side: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+        """The cells item of a segmenter's or post-processor's result; None for an image the
+        ImageSet lacks (e.g. one the normalizer skipped)."""
+        at = side.get(str(result["image_id"]))
+        if at is None:
+            return None
+        return {"image_id": str(result["image_id"]), "mask": result["mask"], "instances": result.get("instances"),
+                **at}
+
+    def items(self, ctx: RunContext, images: Any, masks: Any) -> list[dict[str, Any]]:
+        side = self.side(ctx, images)
+        records = []
+        for _, mrow in masks.table.iterrows():
             ip = mrow.get("instances_path") if "instances_path" in mrow.index else None
-            ip = None if ip is None or (isinstance(ip, float) and np.isnan(ip)) or ip == "" else str(masks.resolve(ip))
-            items.append((iid, str(images.image_path(row)), str(masks.resolve(mrow["path"])), ip,
-                          str(scratch / f"{i:06d}"), params, by_img.get(iid) if truth is not None else None))
-        missing = len(images.table) - len(items)
+            records.append({"image_id": str(mrow["image_id"]), "mask": str(masks.resolve(mrow["path"])),
+                            "instances": None if _empty(ip) else str(masks.resolve(ip))})
+        items = [it for it in (self.follow(r, side) for r in records) if it is not None]
+        return sorted(items, key=lambda it: it["row"])  # the images' order
+
+    def run_item(self, item: dict[str, Any]) -> dict[str, Any]:
+        return cells_item(item, self.cell_params())
+
+    def assemble(self, ctx: RunContext, results: list[Any], images: Any, masks: Any) -> dict[str, Any]:
+        from hemaflow.plugins.artifacts import CellSet
+
+        p = self.params
+        mask_ids = set(masks.table["image_id"].astype(str))
+        missing = sum(str(i) not in mask_ids for i in images.table["image_id"])
         if missing:
             ctx.warn(f"{missing} image(s) have no mask (left out by the segmenter or post-processor)")
-        results = ctx.map(_cells_one, items, description="cell crops")
         info = {str(r["image_id"]): r for _, r in images.table.iterrows()}
         ok = []
-        for res in results:
-            if "error" in res:
-                skip_or_stop(ctx, p["on_error"], res["file"], res["error"])
+        for res in sorted(results, key=lambda r: r["row"]):  # the images' order, fused or not
+            if isinstance(res, Skipped):
+                file = res["file"] if res["file"] is not None else str(masks.resolve(masks.row(res["image_id"])["path"]))
+                skip_or_stop(ctx, p["on_error"], file, res["error"])
                 continue
             ok.append(res)
         n = sum(len(r["rows"]) for r in ok)
@@ -245,8 +283,7 @@ class CellCrops(CellExtractor):
         rows, at, empty = [], 0, 0
         for res in ok:
             r_img = info[res["image_id"]]
-            c = np.load(res["scratch"] + ".crops.npy")
-            m = np.load(res["scratch"] + ".masks.npy")
+            c, m = res["crops"], res["masks"]
             crops[at:at + len(c)] = c
             cmasks[at:at + len(m)] = m
             if not res["rows"]:
@@ -257,8 +294,6 @@ class CellCrops(CellExtractor):
                              "patient_id": str(r_img["patient_id"]), "label": r_img["label"],
                              **r, "crop_index": at + j})
             at += len(c)
-            for suffix in (".crops.npy", ".masks.npy"):
-                (scratch / (res["scratch"].rsplit("/", 1)[-1] + suffix)).unlink(missing_ok=True)
         crops.flush()
         cmasks.flush()
         del crops, cmasks

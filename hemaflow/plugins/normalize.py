@@ -41,6 +41,7 @@ import numpy as np
 import pandas as pd
 
 from hemaflow.core.bases import Normalizer
+from hemaflow.core.chain import PerItem, Skipped
 from hemaflow.core.component import RunContext
 from hemaflow.core.errors import DataError
 from hemaflow.core.markers import hookimpl
@@ -50,10 +51,12 @@ from hemaflow.lib.stain import (  # noqa: F401  (the stain science; imported fro
 
 
 def _normalize_one(item: tuple) -> dict[str, Any]:
-    """Worker for ctx.map: read, check, normalize and write one image."""
+    """Read, check and normalize one image; the result holds the arrays to write (``image``,
+    and ``mask``: the resized mask when the image has one to resize alongside)."""
     from hemaflow.lib import imageio as io
 
-    image_id, src, dst, kind, state, params, mask = item
+    image_id, src, kind, state, params, mask = item
+    resized_mask = None
     try:
         raw = io.read_image(src)
         img = _resize(raw, params["resize"])
@@ -62,7 +65,7 @@ def _normalize_one(item: tuple) -> dict[str, Any]:
             if m.shape != raw.shape[:2]:
                 raise DataError(mask[0], f"mask is {m.shape[1]}x{m.shape[0]} but the image is "
                                 f"{raw.shape[1]}x{raw.shape[0]}")
-            io.write_png(mask[2], _resize(m, params["resize"], nearest=True))
+            resized_mask = _resize(m, params["resize"], nearest=True)
     except DataError as exc:
         return {"image_id": image_id, "outcome": "error", "reason": exc.problem, "file": exc.path}
     problem = stain_problem(img, Io=params.get("Io", 240), beta=params.get("beta", 0.15),
@@ -72,18 +75,16 @@ def _normalize_one(item: tuple) -> dict[str, Any]:
             out = apply_state(kind, state, img, params)
         except (IndexError, RuntimeError, ValueError, np.linalg.LinAlgError) as exc:
             problem = f"{kind} failed ({type(exc).__name__}: {exc})"
+    base = {"image_id": image_id, "mask": resized_mask}
     if problem is not None:
         if params["on_failure"] == "passthrough":
-            io.write_png(dst, img)
-            return {"image_id": image_id, "outcome": "passthrough", "reason": problem}
-        return {"image_id": image_id, "outcome": "failed", "reason": problem}
+            return {**base, "image": img, "outcome": "passthrough", "reason": problem}
+        return {**base, "outcome": "failed", "reason": problem}
     check = params.get("background_check", "off")
     flag = background_flag(img, out, params["background_max_shift"]) if check != "off" else None
     if flag is not None and check == "fallback":
-        io.write_png(dst, img)
-        return {"image_id": image_id, "outcome": "passthrough", "reason": flag, "background": flag}
-    io.write_png(dst, out)
-    return {"image_id": image_id, "outcome": "normalized", "reason": "", "background": flag}
+        return {**base, "image": img, "outcome": "passthrough", "reason": flag, "background": flag}
+    return {**base, "image": np.asarray(out), "outcome": "normalized", "reason": "", "background": flag}
 
 
 def _scale_truth(truth: pd.DataFrame, table: pd.DataFrame, images: Any, size: list[int]) -> pd.DataFrame:
@@ -165,23 +166,47 @@ COMMON = {
 }
 
 
-class _StainNormalizer(Normalizer):
+class _StainNormalizer(PerItem, Normalizer):
     kind = "normalizer"
     inputs = {"images": "ImageSet", "split": "Split?"}
     outputs = {"images": "ImageSet"}
     stain_kind = ""
+    # PerItem (hemaflow.core.chain): items() chooses and fits the reference on the whole image set,
+    # then one image per task; so it heads a fused chain but never follows another step in one
+    can_follow = False
+
+    @property
+    def item_description(self) -> str:  # type: ignore[override]
+        return f"{self.stain_kind} normalization"
 
     def method_params(self) -> dict[str, Any]:
         return {}
 
-    def run(self, ctx: RunContext, images: Any, split: Any = None) -> dict[str, Any]:
+    def _params(self) -> dict[str, Any]:
+        p = self.params
+        return dict(self.method_params(), resize=p["resize"], on_failure=p["on_failure"],
+                    min_stained_fraction=p["min_stained_fraction"], background_check=p["background_check"],
+                    background_max_shift=p["background_max_shift"])
+
+    def _plan(self, images: Any) -> list[tuple[str, str, tuple | None]]:
+        """Per row: image id, image file, and (mask file, spec, row index) of a mask resized alongside."""
+        table = images.table.reset_index(drop=True)
+        resize_masks = bool(self.params["resize"]) and images.has_masks()
+        spec = images.meta.get("mask_spec")
+        plan = []
+        for i, r in table.iterrows():
+            mp = r.get("mask_path") if resize_masks else None
+            has_mask = not (mp is None or (isinstance(mp, float) and np.isnan(mp)) or mp == "")
+            plan.append((str(r["image_id"]), str(images.image_path(r)),
+                         (str(images.resolve(mp)), spec) if has_mask else None))
+        return plan
+
+    def items(self, ctx: RunContext, images: Any, split: Any = None) -> list[tuple]:
+        """Choose and fit the reference (kept as ``reference_`` for ``assemble``); one item per image."""
         from hemaflow.lib import imageio as io
-        from hemaflow.plugins.artifacts import ImageSet
 
         p = self.params
-        params = dict(self.method_params(), resize=p["resize"], on_failure=p["on_failure"],
-                      min_stained_fraction=p["min_stained_fraction"], background_check=p["background_check"],
-                      background_max_shift=p["background_max_shift"])
+        params = self._params()
         ref_path, ref_note = self._reference(ctx, images, split, params)
         ref_img = _resize(io.read_image(ref_path), p["resize"])
         problem = stain_problem(ref_img, Io=params.get("Io", 240), beta=params.get("beta", 0.15),
@@ -195,23 +220,32 @@ class _StainNormalizer(Normalizer):
             raise DataError(ref_path, f"cannot be the stain reference: {self.stain_kind} fit failed "
                             f"({type(exc).__name__}: {exc})") from None
         ctx.log(f"reference {ref_path} ({ref_note})")
+        self.reference_ = {"path": ref_path, "note": ref_note, "state": state}
+        return [(iid, src, self.stain_kind, state, params, mask) for iid, src, mask in self._plan(images)]
 
+    def run_item(self, item: tuple) -> dict[str, Any]:
+        res = _normalize_one(item)  # looked up at call time (tests replace it)
+        return Skipped(res) if res["outcome"] in ("error", "failed") else res
+
+    def assemble(self, ctx: RunContext, results: list[Any], images: Any, split: Any = None) -> dict[str, Any]:
+        from hemaflow.lib import imageio as io
+        from hemaflow.plugins.artifacts import ImageSet
+
+        p = self.params
+        ref_path, ref_note, state = self.reference_["path"], self.reference_["note"], self.reference_["state"]
+        ref_img = _resize(io.read_image(ref_path), p["resize"])
         out = ctx.out_dir("images")
         (out / "images").mkdir(exist_ok=True)
         table = images.table.reset_index(drop=True)
         resize_masks = bool(p["resize"]) and images.has_masks()
-        spec = images.meta.get("mask_spec")
-        items = []
-        for i, r in table.iterrows():
-            mp = r.get("mask_path") if resize_masks else None
-            has_mask = not (mp is None or (isinstance(mp, float) and np.isnan(mp)) or mp == "")
-            mask = (str(images.resolve(mp)), spec, str(out / f"images/{i:06d}_mask.png")) if has_mask else None
-            items.append((str(r["image_id"]), str(images.image_path(r)), str(out / f"images/{i:06d}.png"),
-                          self.stain_kind, state, params, mask))
-        results = ctx.map(_normalize_one, items, description=f"{self.stain_kind} normalization")
+        plan = self._plan(images)
         keep, outcomes, skipped, moved = [], [], [], []
-        for i, res in enumerate(results):
-            src = items[i][1]
+        for i, res in enumerate(results):  # result i is row i (a normalizer never drops an item)
+            if res.get("mask") is not None:
+                io.write_png(out / f"images/{i:06d}_mask.png", res["mask"])
+            if res.get("image") is not None:
+                io.write_png(out / f"images/{i:06d}.png", res["image"])
+            src = plan[i][1]
             if res.get("background"):
                 moved.append({"image_id": res["image_id"], "file": src, "reason": res["background"]})
             if res["outcome"] == "error":
@@ -237,7 +271,7 @@ class _StainNormalizer(Normalizer):
         new["stain_outcome"] = outcomes
         meta = dict(images.meta)
         if resize_masks:
-            new["mask_path"] = [f"images/{i:06d}_mask.png" if items[i][6] is not None else None for i in keep]
+            new["mask_path"] = [f"images/{i:06d}_mask.png" if plan[i][2] is not None else None for i in keep]
             meta["mask_spec"] = {"mode": "canonical"}
         elif "mask_path" in new.columns:  # masks stay where they are: make their paths absolute
             new["mask_path"] = [None if (m is None or (isinstance(m, float) and np.isnan(m)) or m == "")

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from hemaflow.core.bases import Postprocessor
+from hemaflow.core.chain import PerItem, Skipped
 from hemaflow.core.component import RunContext
 from hemaflow.core.errors import DataError
 from hemaflow.core.markers import hookimpl
@@ -127,21 +128,24 @@ def clean_mask(mask: np.ndarray, *, fill_holes: bool = True, opening_radius: int
     return out, labels.astype(np.int32)
 
 
-def _morphology_one(item: tuple[str, str, str, str, dict[str, Any]]) -> dict[str, Any]:
+def clean_item(item: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """Post-process one mask (``item["mask"]``: a 0/1/2 array, or the path of its canonical PNG).
+
+    Returns ``{"image_id", "mask", "instances", "n_cells"}`` in memory, or a :class:`Skipped`
+    record (``file``, ``error``) for a mask that cannot be read."""
     from hemaflow.lib import imageio as io
 
-    image_id, src, dst, dst_inst, params = item
-    try:
-        mask = io.read_mask(src, {"mode": "canonical"})
-    except DataError as exc:
-        return {"image_id": image_id, "error": exc.problem, "file": exc.path}
+    mask = item["mask"]
+    if not isinstance(mask, np.ndarray):
+        try:
+            mask = io.read_mask(mask, {"mode": "canonical"})
+        except DataError as exc:
+            return Skipped(image_id=item["image_id"], error=exc.problem, file=exc.path)
     out, inst = clean_mask(mask, **params)
-    io.write_png(dst, out)
-    np.save(dst_inst, inst)
-    return {"image_id": image_id, "n_cells": int(inst.max())}
+    return {"image_id": item["image_id"], "mask": out, "instances": inst, "n_cells": int(inst.max())}
 
 
-class MorphologyPostprocessor(Postprocessor):
+class MorphologyPostprocessor(PerItem, Postprocessor):
     """Fill holes, open/close, drop small objects, split touching cells, label instances."""
 
     kind = "postprocessor"
@@ -183,24 +187,34 @@ class MorphologyPostprocessor(Postprocessor):
                 "split": p["split_touching"], "split_depth": p["split_depth"],
                 "split_min_distance": p["split_min_distance"], "exclude_border": p["exclude_border"]}
 
-    def run(self, ctx: RunContext, masks: Any) -> dict[str, Any]:
+    # PerItem (hemaflow.core.chain): one mask per task; fuses with the steps around it
+    item_input = "masks"
+    item_description = "mask post-processing"
+
+    def items(self, ctx: RunContext, masks: Any) -> list[dict[str, Any]]:
+        return [{"image_id": str(row["image_id"]), "mask": str(masks.resolve(row["path"]))}
+                for _, row in masks.table.reset_index(drop=True).iterrows()]
+
+    def run_item(self, item: dict[str, Any]) -> dict[str, Any]:
+        return clean_item(item, self.clean_params())
+
+    def assemble(self, ctx: RunContext, results: list[Any], masks: Any) -> dict[str, Any]:
+        from hemaflow.lib import imageio as io
+
         out = ctx.out_dir("masks")
         (out / "masks").mkdir(exist_ok=True)
-        items = []
-        for i, row in masks.table.reset_index(drop=True).iterrows():
-            dst = out / mask_file_name(i)
-            items.append((str(row["image_id"]), str(masks.resolve(row["path"])), str(dst),
-                          str(dst.with_suffix(".npy")), self.clean_params()))
-        results = ctx.map(_morphology_one, items, description="mask post-processing")
         rows = []
-        for (image_id, _, dst, dst_inst, _), res in zip(items, results):
-            if "error" in res:
+        for i, res in enumerate(results):  # result i is row i of the masks (a skipped one leaves a gap)
+            if isinstance(res, Skipped):
                 if self.params["on_error"] == "stop":
                     raise DataError(res["file"], res["error"])
                 ctx.warn(f"skipped {res['file']}: {res['error']}")
                 continue
-            rows.append({"image_id": image_id, "path": str(Path(dst).relative_to(out)),
-                         "instances_path": str(Path(dst_inst).relative_to(out)), "n_cells": res["n_cells"]})
+            dst = Path(mask_file_name(i))
+            io.write_png(out / dst, res["mask"])
+            np.save(out / dst.with_suffix(".npy"), res["instances"])
+            rows.append({"image_id": res["image_id"], "path": str(dst),
+                         "instances_path": str(dst.with_suffix(".npy")), "n_cells": res["n_cells"]})
         meta = dict(masks.meta, postprocess=self.name)
         meta["n_cells"] = int(sum(r["n_cells"] for r in rows))
         return {"masks": write_mask_set(ctx, "masks", rows, meta)}

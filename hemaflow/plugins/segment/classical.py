@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from hemaflow.core.bases import Segmenter
+from hemaflow.core.chain import PerItem, Skipped
 from hemaflow.core.component import RunContext
 from hemaflow.core.errors import DataError
 from hemaflow.core.markers import hookimpl
@@ -114,20 +115,42 @@ def classical_mask(img: np.ndarray, *, channel: str = "blue_red", method: str = 
     return out
 
 
+def segment_item(item: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """Segment one image (``item["image"]``: an RGB array, or the path of one); the mask in memory.
+
+    Returns ``{"image_id", "mask", "height", "width", "cell_fraction"}``, or a :class:`Skipped`
+    record (``file``, ``error``) for an image that cannot be read."""
+    from hemaflow.lib import imageio as io
+
+    img = item["image"]
+    if not isinstance(img, np.ndarray):
+        try:
+            img = io.read_image(img)
+        except DataError as exc:
+            return Skipped(image_id=item["image_id"], error=exc.problem, file=exc.path)
+    params = dict(params)
+    mask = adaptive_mask(img, **params) if params.pop("algorithm") == "adaptive" else classical_mask(img, **params)
+    return {"image_id": item["image_id"], "mask": mask, "height": img.shape[0], "width": img.shape[1],
+            "cell_fraction": float((mask > 0).mean())}
+
+
 def _classical_one(item: tuple[str, str, str, dict[str, Any]]) -> dict[str, Any]:
-    """Worker for ctx.map: segment one image file and write its mask PNG."""
+    """Segment one image file and write its mask PNG (benchmarks/run_all.py times executors on it)."""
     from hemaflow.lib import imageio as io
 
     image_id, src, dst, params = item
-    try:
-        img = io.read_image(src)
-    except DataError as exc:
-        return {"image_id": image_id, "error": exc.problem, "file": exc.path}
-    params = dict(params)
-    mask = adaptive_mask(img, **params) if params.pop("algorithm") == "adaptive" else classical_mask(img, **params)
-    io.write_png(dst, mask)
-    return {"image_id": image_id, "height": img.shape[0], "width": img.shape[1],
-            "cell_fraction": float((mask > 0).mean())}
+    res = segment_item({"image_id": image_id, "image": src}, params)
+    if isinstance(res, Skipped):
+        return dict(res)
+    io.write_png(dst, res.pop("mask"))
+    return res
+
+
+def image_items(images: Any) -> list[dict[str, Any]]:
+    """The per-image items of an ImageSet: ``{"image_id", "image": path}`` in row order (a fused
+    chain passes the previous step's result instead, with the array as ``image``)."""
+    return [{"image_id": str(row["image_id"]), "image": str(images.image_path(row))}
+            for _, row in images.table.reset_index(drop=True).iterrows()]
 
 
 ON_ERROR = {"enum": ["skip", "stop"], "default": "stop",
@@ -141,7 +164,7 @@ def _num(lo: float, hi: float, default: float, description: str) -> dict[str, An
     return {"type": "number", "minimum": lo, "maximum": hi, "default": default, "description": description}
 
 
-class ClassicalSegmenter(Segmenter):
+class ClassicalSegmenter(PerItem, Segmenter):
     """White cells without training: nucleus and cytoplasm from each image's own colours.
 
     ``algorithm: adaptive`` (default, :mod:`.adaptive`): multi-Otsu nucleus on Lab a*-b*, lobes
@@ -229,21 +252,28 @@ class ClassicalSegmenter(Segmenter):
             keys = ("min_nucleus_area", *THRESHOLD_ONLY)
         return {"algorithm": p["algorithm"], **{k: p[k] for k in keys}}
 
-    def run(self, ctx: RunContext, images: Any) -> dict[str, Any]:
+    # PerItem (hemaflow.core.chain): one image per task; fuses with the steps around it
+    item_description = "classical segmentation"
+
+    def items(self, ctx: RunContext, images: Any) -> list[dict[str, Any]]:
+        return image_items(images)
+
+    def run_item(self, item: dict[str, Any]) -> dict[str, Any]:
+        return segment_item(item, self.seg_params())
+
+    def assemble(self, ctx: RunContext, results: list[Any], images: Any) -> dict[str, Any]:
+        from hemaflow.lib import imageio as io
+
         out = ctx.out_dir("masks")
         (out / "masks").mkdir(exist_ok=True)
-        items = []
-        for i, row in images.table.reset_index(drop=True).iterrows():
-            items.append((str(row["image_id"]), str(images.image_path(row)), str(out / mask_file_name(i)),
-                          self.seg_params()))
-        results = ctx.map(_classical_one, items, description="classical segmentation")
         rows = []
-        for (image_id, _, dst, _), res in zip(items, results):
-            if "error" in res:
+        for i, res in enumerate(results):  # result i is row i of the images (a skipped one leaves a gap)
+            if isinstance(res, Skipped):
                 _skip_or_raise(ctx, self.params["on_error"], DataError(res["file"], res["error"]))
                 continue
-            rows.append({"image_id": image_id, "path": str(Path(dst).relative_to(out))})
-        empty = sum(1 for r in results if r.get("cell_fraction") == 0.0)
+            io.write_png(out / mask_file_name(i), res["mask"])
+            rows.append({"image_id": res["image_id"], "path": mask_file_name(i)})
+        empty = sum(1 for r in results if not isinstance(r, Skipped) and r["cell_fraction"] == 0.0)
         masks = write_mask_set(ctx, "masks", rows, {"source": self.name, "empty_images": empty})
         report_overlays(ctx, images, masks, "Classical segmentation (green cell, blue nucleus, yellow truth)")
         return {"masks": masks}
