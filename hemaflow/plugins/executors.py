@@ -394,16 +394,20 @@ class DaskExecutor(Executor):
                 try:
                     results = fut.result()
                 except lost as exc:
-                    i = chunk[0]
-                    if retried and client.get_metadata([token, str(i)], default=False):
-                        raise WorkerDiedError(f"item {i + 1} of {len(items)} ({describe_item(items[i])})",
-                                              "a dask worker died on it twice: killed, likely out of memory") from exc
-                    # the retry: one task per item, to find the one that kills; an item that had
-                    # not started when its worker died (it was queued there) is simply resubmitted
+                    # the retry: the chunk's items one at a time, each alone on the cluster's
+                    # attention (the next is submitted when the last has returned), so the item
+                    # that kills its worker again is the one named, never a bystander whose
+                    # worker (or whose result) was lost with it
                     for i in chunk:
                         again = client.submit(_run_marked, fn, items[i], [token, str(i)], pure=False)
-                        pending[again] = (range(i, i + 1), True)
-                        queue.add(again)
+                        try:
+                            out[i] = again.result()[0]
+                        except lost:
+                            raise WorkerDiedError(f"item {i + 1} of {len(items)} ({describe_item(items[i])})",
+                                                  "a dask worker died on it twice: killed, likely out of "
+                                                  "memory") from exc
+                    if progress is not None:
+                        progress(len(chunk))
                     continue
                 for i, result in zip(chunk, results):
                     out[i] = result
